@@ -1,0 +1,54 @@
+"""The command line: fast help without torch, clean errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from toolkit.cli import COMMANDS
+
+
+def test_help_of_every_command_does_not_import_torch():
+    # A fresh interpreter: importing torch anywhere on this path would show in sys.modules.
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from toolkit.cli import cli, COMMANDS\n"
+        "runner = CliRunner()\n"
+        "calls = [['--help'], ['data', 'digits', '--help'], *[[c, '--help'] for c in COMMANDS]]\n"
+        "for args in calls:\n"
+        "    result = runner.invoke(cli, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "    assert 'Usage:' in result.output\n"
+        "heavy = ('torch', 'torchvision', 'onnx', 'onnxruntime', 'numpy')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_top_level_help_lists_every_command(dlkit):
+    result = dlkit("--help")
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_version(dlkit):
+    from toolkit import __version__
+
+    assert dlkit("--version").output.strip() == f"dlkit, version {__version__}"
+
+
+def test_user_error_is_one_line_without_traceback(dlkit, tmp_path):
+    result = dlkit("eval", tmp_path / "missing.pt", expect=1)
+    assert result.output == f"Error: model file not found: {tmp_path / 'missing.pt'}\n"
+
+
+@pytest.mark.slow
+def test_console_script_runs_as_a_module():
+    out = subprocess.run(
+        [sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "train" in out.stdout

@@ -1,0 +1,165 @@
+"""Image folders, in-memory arrays, the embedded digits, transforms and loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from toolkit.artifact import DataSource, Preprocessing
+from toolkit.data import (
+    ArrayDataset,
+    Augmentation,
+    build_transform,
+    create_loader,
+    load_digits,
+    load_splits,
+    scan_image_folder,
+    stratified_split,
+    write_digits_folder,
+)
+from toolkit.errors import DlkitError
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=5, size=(20, 24), mode="RGB"):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            shape = (*size[::-1], 3) if mode == "RGB" else size[::-1]
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
+                root / name / f"{i}.png"
+            )
+    return root
+
+
+def test_digits_are_upscaled_uint8_with_ten_classes():
+    images, labels, classes = load_digits(image_size=32)
+    assert images.shape == (1797, 32, 32) and images.dtype == np.uint8
+    assert classes == [str(i) for i in range(10)]
+    assert set(labels.tolist()) == set(range(10))
+    assert images.max() == 255
+
+
+def test_stratified_split_is_deterministic_and_per_class():
+    labels = np.repeat(np.arange(4), 25)
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert (train, val) == stratified_split(labels, 0.2, seed=3)
+    assert stratified_split(labels, 0.2, seed=4)[1] != val
+    assert sorted(train + val) == list(range(100))
+    assert np.bincount(labels[val]).tolist() == [5, 5, 5, 5]
+
+
+def test_image_folder_single_folder_is_split(tmp_path):
+    make_folder(tmp_path / "data", per_class=10)
+    pre = Preprocessing.default(3, 16, crop_pct=0.875)
+    splits = load_splits(DataSource(None, str(tmp_path / "data")), pre, Augmentation())
+    assert splits.classes == ["cat", "dog"]
+    assert (len(splits.train), len(splits.val)) == (16, 4)
+    x, y = splits.train[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y in (0, 1)
+
+
+def test_image_folder_with_train_and_val(tmp_path):
+    make_folder(tmp_path / "d" / "train", per_class=4)
+    make_folder(tmp_path / "d" / "val", per_class=2)
+    splits = load_splits(DataSource(None, str(tmp_path / "d")), Preprocessing.default(1, 8))
+    assert (len(splits.train), len(splits.val)) == (8, 4)
+    assert splits.val[0][0].shape == (1, 8, 8)  # RGB files read as grayscale
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda root: None, "data folder not found"),
+        (lambda root: root.mkdir(), "no class folders"),
+        (lambda root: (root / "cat").mkdir(parents=True), "has no images"),
+    ],
+)
+def test_bad_folders_say_what_is_wrong(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(DlkitError, match=message):
+        scan_image_folder(root)
+
+
+def test_corrupt_image_is_named(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=3)
+    bad = root / "dog" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    splits = load_splits(
+        DataSource(None, str(root), val_fraction=0.34), Preprocessing.default(3, 8)
+    )
+    dataset = splits.train if any(p == str(bad) for p, _ in splits.train.samples) else splits.val
+    index = next(i for i, (p, _) in enumerate(dataset.samples) if p == str(bad))
+    with pytest.raises(DlkitError, match=r"corrupt or unreadable image: .*dog/1\.png"):
+        dataset[index]
+
+
+def test_array_dataset_converts_channels():
+    images = np.random.default_rng(0).integers(0, 255, (6, 10, 10), dtype=np.uint8)
+    pre = Preprocessing.default(3, 12)
+    ds = ArrayDataset(images, [0, 1, 0, 1, 0, 1], channels=3, transform=build_transform(pre))
+    x, y = ds[1]
+    assert x.shape == (3, 12, 12) and y == 1
+    mean, std = torch.tensor(pre.mean)[:, None, None], torch.tensor(pre.std)[:, None, None]
+    pixels = x * std + mean  # grayscale was replicated to RGB before per-channel normalising
+    assert torch.allclose(pixels[0], pixels[1], atol=1e-6)
+    with pytest.raises(DlkitError, match="uint8"):
+        ArrayDataset(images.astype(np.float32), [0] * 6, channels=1)
+    with pytest.raises(DlkitError, match="labels"):
+        ArrayDataset(images, [0], channels=1)
+
+
+def test_augmentation_is_random_and_eval_transform_is_not():
+    image = torch.randint(0, 255, (1, 32, 32), dtype=torch.uint8)
+    pre = Preprocessing.default(1, 28)
+    train_tf = build_transform(pre, Augmentation(hflip=True, rotation=15))
+    eval_tf = build_transform(pre)
+    assert not torch.equal(train_tf(image), train_tf(image))
+    assert torch.equal(eval_tf(image), eval_tf(image))
+    assert build_transform(pre, Augmentation(enabled=False))(image).shape == (1, 28, 28)
+
+
+def test_loader_shuffling_depends_only_on_seed_and_epoch():
+    ds = torch.utils.data.TensorDataset(torch.arange(40), torch.zeros(40))
+
+    def order(seed, epoch):
+        loader = create_loader(ds, 8, train=True, seed=seed)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([x for x, _ in loader]).tolist()
+
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(1, 1)
+    assert order(1, 0) != order(2, 0)
+    # Evaluation loaders keep every sample, in order, sharded without padding.
+    shards = [create_loader(ds, 8, rank=r, world_size=3) for r in range(3)]
+    seen = sorted(int(x) for loader in shards for batch, _ in loader for x in batch)
+    assert seen == list(range(40))
+
+
+def test_write_digits_folder_matches_the_embedded_split(tmp_path, digits_dir):
+    counts = {
+        split: sum(1 for _ in (digits_dir / split).rglob("*.png")) for split in ("train", "val")
+    }
+    assert counts == {"train": 1438, "val": 359}
+    assert sorted(p.name for p in (digits_dir / "train").iterdir()) == [str(i) for i in range(10)]
+    pre = Preprocessing.default(1, 32)
+    folder = load_splits(DataSource(None, str(digits_dir)), pre)
+    embedded = load_splits(DataSource(), pre)
+    for i in (0, 100, 358):
+        path, label = folder.val.samples[i]
+        j = embedded.val.indices.index(int(Path(path).stem))  # files are named by digit index
+        assert torch.equal(folder.val[i][0], embedded.val[j][0])
+        assert label == embedded.val[j][1]
+    with pytest.raises(DlkitError, match="not empty"):
+        write_digits_folder(digits_dir)
+
+
+def test_data_digits_command(dlkit, tmp_path):
+    out = dlkit.json("data", "digits", tmp_path / "d")
+    assert (out["train"], out["val"]) == (1438, 359)
+    assert dlkit("data", "digits", tmp_path / "d", expect=1).output.startswith("Error: ")

@@ -1,0 +1,53 @@
+"""The `dlkit` command line.
+
+Each subcommand lives in `toolkit.commands.<module>` and is imported only when it is listed or
+run; those modules import torch inside their functions, so `dlkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from toolkit import __version__
+from toolkit.errors import DlkitError, user_message
+
+# name -> "module:attribute"; the order is the order `dlkit --help` lists them in.
+COMMANDS = {
+    "data": "toolkit.commands.data:data",
+    "train": "toolkit.commands.train:train",
+    "eval": "toolkit.commands.evaluate:evaluate",
+    "predict": "toolkit.commands.predict:predict",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module on first use and turns DlkitError into a
+    one-line message with exit status 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DlkitError as exc:
+            raise click.ClickException(user_message(exc)) from None
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="dlkit")
+def cli() -> None:
+    """dlkit: train an image classifier, export, quantize, benchmark and serve it on Triton."""
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""Subcommands of the `dlkit` CLI. Modules here must not import torch at import time."""

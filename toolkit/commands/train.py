@@ -1,0 +1,131 @@
+"""`dlkit train`."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from toolkit.commands.output import print_json
+
+CHOICES = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "scheduler": ("cosine", "onecycle", "step", "plateau", "none"),
+    "amp": ("off", "fp16", "bf16"),
+}
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    help="ImageFolder root: DIR/<class>/*.png, or DIR/train and DIR/val.",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["digits"]),
+    help="An embedded dataset (the default when --data is not given).",
+)
+@click.option(
+    "--model",
+    help="smallresnet (default), simplenet, or a torchvision classifier such as resnet18.",
+)
+@click.option(
+    "--epochs", type=int, help="Epochs in all (default 15); with --resume, the new total."
+)
+@click.option("--batch-size", type=int, help="Per-process batch size (default 64).")
+@click.option("--lr", type=float, help="Peak learning rate (default 2e-3; 0.05 for sgd).")
+@click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]), help="Default adamw.")
+@click.option("--weight-decay", type=float, help="Default 0.05 (not applied to biases and norms).")
+@click.option(
+    "--scheduler", type=click.Choice(CHOICES["scheduler"]), help="Default cosine with warm-up."
+)
+@click.option("--warmup-epochs", type=float, help="Linear warm-up for cosine (default 1).")
+@click.option(
+    "--loss", type=click.Choice(["ce", "focal"]), help="Cross entropy (default) or focal loss."
+)
+@click.option("--label-smoothing", type=float, help="For --loss ce (default 0).")
+@click.option("--focal-gamma", type=float, help="For --loss focal (default 2).")
+@click.option("--grad-clip", type=float, help="Clip the gradient norm to this value.")
+@click.option(
+    "--amp", type=click.Choice(CHOICES["amp"]), help="Mixed precision: fp16 (CUDA) or bf16."
+)
+@click.option(
+    "--channels-last/--no-channels-last", default=None, help="channels_last memory format."
+)
+@click.option(
+    "--early-stopping",
+    type=int,
+    metavar="PATIENCE",
+    help="Stop after this many epochs without improvement (0: off).",
+)
+@click.option(
+    "--monitor",
+    type=click.Choice(["val_accuracy", "val_loss"]),
+    help="Metric for best.pt and early stopping.",
+)
+@click.option("--min-delta", type=float, help="Smallest change that counts as an improvement.")
+@click.option(
+    "--image-size",
+    type=int,
+    help="Input size (default 32 for digits and small nets, 224 otherwise).",
+)
+@click.option(
+    "--channels", type=click.Choice(["1", "3"]), help="1 grayscale or 3 RGB (default 1 for digits)."
+)
+@click.option("--augment/--no-augment", default=None, help="Train-time augmentation (default on).")
+@click.option(
+    "--hflip/--no-hflip", default=None, help="Random horizontal flips (default on, off for digits)."
+)
+@click.option(
+    "--val-fraction", type=float, help="Validation share when a folder has no val/ (default 0.2)."
+)
+@click.option(
+    "--pretrained", is_flag=True, default=None, help="Start from torchvision's default weights."
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local state dict.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue a run from its last.pt.")
+@click.option("--seed", type=int, help="Seed for weights, shuffling and augmentation (default 0).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto.")
+@click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option(
+    "--nproc",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes for distributed data parallel (torchrun).",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<time>)."
+)
+@click.option("--quiet", is_flag=True, default=None, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+def train(nproc: int, resume: str | None, as_json: bool, **options) -> None:
+    """Train an image classifier; with no data options, on the embedded digits.
+
+    The run folder gets best.pt, last.pt, history.json, history.png and config.json.
+    """
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.distributed import launch
+    from toolkit.training.run import default_run_dir, resume_config
+    from toolkit.training.run import train as run_training
+
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if "channels" in overrides:
+        overrides["channels"] = int(overrides["channels"])
+    config = resume_config(resume, overrides) if resume else TrainConfig(**overrides)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if not config.out:
+            config.out = str(default_run_dir(config.model))
+        summary = launch(config.to_dict(), resume, nproc)
+    else:
+        summary = run_training(config, resume=resume)
+    if as_json:
+        print_json(summary)
+    else:
+        click.echo(
+            f"best val accuracy {summary['best_val_accuracy']:.4f} "
+            f"(epoch {summary['best_epoch']}), "
+            f"{summary['epochs_run']} epochs in {summary['train_seconds']:.1f}s\n"
+            f"best: {summary['best_checkpoint']}\nlast: {summary['last_checkpoint']}"
+        )

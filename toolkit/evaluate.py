@@ -1,0 +1,79 @@
+"""Accuracy, per-class accuracy and confusion matrix of any Runner; top-k predictions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from toolkit.data import build_transform, load_image
+from toolkit.runtime import Runner
+
+
+def predict_dataset(
+    runner: Runner, dataset: Dataset, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits for every sample of `dataset`, with the labels, in dataset order."""
+    logits, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        logits.append(runner(x.numpy()))
+        labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def classification_report(
+    logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """`accuracy` (a fraction), `num_samples`, `per_class` accuracy and `confusion_matrix`
+    (rows: true class, columns: predicted class)."""
+    n = len(classes)
+    predicted = logits.argmax(1)
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        total = int(matrix[i].sum())
+        per_class[name] = {
+            "accuracy": float(matrix[i, i] / total) if total else None,
+            "num_samples": total,
+        }
+    return {
+        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        "num_samples": len(labels),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "classes": list(classes),
+    }
+
+
+def evaluate(runner: Runner, dataset: Dataset, batch_size: int = 64) -> dict[str, Any]:
+    """Classification report of `runner` on `dataset`."""
+    logits, labels = predict_dataset(runner, dataset, batch_size)
+    return classification_report(logits, labels, runner.info.classes)
+
+
+def load_images(paths: Sequence[str | os.PathLike], runner: Runner) -> np.ndarray:
+    """Image files as one batch, preprocessed the way the runner's artifact expects."""
+    pre = runner.info.preprocessing
+    transform = build_transform(pre)
+    return np.stack([transform(load_image(p, pre.channels)).numpy() for p in paths])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+    """Per row, the k most probable classes as `{"label", "index", "probability"}`."""
+    probs = softmax(logits.astype(np.float64))
+    k = min(k, len(classes))
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [
+        [{"label": classes[j], "index": int(j), "probability": float(row[j])} for j in idx]
+        for row, idx in zip(probs, order, strict=True)
+    ]

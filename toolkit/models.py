@@ -1,0 +1,267 @@
+"""Model factory: small nets for small images and torchvision backbones by name.
+
+`create_model` returns the model and the `ModelSpec` that rebuilds it (`build_model`), which is
+what checkpoints store instead of pickled classes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from toolkit.artifact import ModelSpec
+from toolkit.errors import DlkitError
+
+SMALL_MODELS = ("simplenet", "smallresnet")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
+
+
+class SimpleNet(nn.Module):
+    """Linear–ReLU–Dropout–Linear over the flattened image."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.2):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 conv–BN layers with an identity (or 1×1 projection) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A residual net for small images (digits, CIFAR-sized): a stem, one stage per width
+    (each after the first halves the resolution), global pooling and a linear head."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        widths: tuple[int, ...] = (16, 32, 64),
+        blocks_per_stage: int = 1,
+    ):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        layers, channels = [], widths[0]
+        for i, width in enumerate(widths):
+            for j in range(blocks_per_stage):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(ResidualBlock(channels, width, stride))
+                channels = width
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+def available_models() -> list[str]:
+    """Names `create_model` accepts: the small nets, then every torchvision classifier."""
+    import torchvision
+
+    return [*SMALL_MODELS, *torchvision.models.list_models(module=torchvision.models)]
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Rebuild a model (random weights) from its spec."""
+    kwargs = dict(spec.kwargs)
+    if spec.name == "simplenet":
+        return SimpleNet(**kwargs)
+    if spec.name == "smallresnet":
+        if "widths" in kwargs:
+            kwargs["widths"] = tuple(kwargs["widths"])
+        return SmallResNet(**kwargs)
+    model = _torchvision_model(spec.name)
+    _replace_head(model, kwargs["num_classes"])
+    _adapt_first_conv(model, kwargs.get("in_channels", 3))
+    return model
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+) -> tuple[nn.Module, ModelSpec]:
+    """Create a classifier by name with `num_classes` outputs for `in_channels` inputs.
+
+    `pretrained` loads torchvision's default weights (from the torch hub cache or the network);
+    `weights` loads a local state dict, either for the backbone as torchvision defines it or for
+    the finished model. Heads are replaced for `num_classes`; a first conv adapted to one input
+    channel sums the pretrained RGB filters.
+    """
+    if pretrained and weights:
+        raise DlkitError("use either --pretrained or --weights, not both")
+    if name == "simplenet":
+        spec = ModelSpec(
+            name, {"in_features": in_channels * image_size**2, "num_classes": num_classes}
+        )
+    elif name == "smallresnet":
+        spec = ModelSpec(name, {"in_channels": in_channels, "num_classes": num_classes})
+    else:
+        spec = ModelSpec(name, {"num_classes": num_classes, "in_channels": in_channels})
+    if name in SMALL_MODELS:
+        if pretrained:
+            raise DlkitError(f"{name} has no pretrained weights; use --weights PATH or no option")
+        model = build_model(spec)
+        if weights:
+            _load_into(model, _read_state_dict(weights), str(weights))
+        return model, spec
+
+    model = _torchvision_model(name)
+    if pretrained:
+        _load_into(model, _pretrained_state_dict(name), "torchvision's default weights")
+    local = _read_state_dict(weights) if weights else None
+    if local is not None and _matches(model, local):  # backbone weights as torchvision has them
+        _load_into(model, local, str(weights))
+        local = None
+    _replace_head(model, num_classes)
+    _adapt_first_conv(model, in_channels)
+    if local is not None:  # weights of the finished model
+        _load_into(model, local, str(weights))
+    return model, spec
+
+
+# --------------------------------------------------------------------------- torchvision parts
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise DlkitError(
+            f"unknown model {name!r}; choose from {', '.join(SMALL_MODELS + BACKBONES)} "
+            "or any torchvision classifier (`torchvision.models.list_models()`)"
+        )
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the last Linear layer (the classifier) for one with `num_classes` outputs."""
+    parent_name, attr, head = _last_module(model, nn.Linear)
+    if head is None:
+        raise DlkitError(f"{type(model).__name__} has no Linear classifier head to replace")
+    if head.out_features != num_classes:
+        setattr(model.get_submodule(parent_name), attr, nn.Linear(head.in_features, num_classes))
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Make the first convolution take `in_channels`; grayscale sums the RGB filters."""
+    parent_name, attr, conv = _last_module(model, nn.Conv2d, first=True)
+    if conv is None or conv.in_channels == in_channels:
+        return
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
+    with torch.no_grad():
+        if in_channels == 1:
+            new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    setattr(model.get_submodule(parent_name), attr, new)
+
+
+def _last_module(model: nn.Module, kind: type, first: bool = False):
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, kind)]
+    if not found:
+        return "", "", None
+    name, module = found[0] if first else found[-1]
+    parent, _, attr = name.rpartition(".")
+    return parent, attr, module
+
+
+def _pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except ValueError as exc:
+        raise DlkitError(f"torchvision has no pretrained weights for {name}") from exc
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as exc:  # urllib, socket and HTTP errors all mean "no weights here"
+        raise DlkitError(
+            f"could not download pretrained weights for {name} ({exc}). Without network access, "
+            f"copy {weights.url} to {cached} (the torch hub cache) or pass --weights PATH"
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a file: a plain one, or the model weights of a dlkit checkpoint."""
+    from toolkit.training.checkpoint import read_checkpoint_file
+
+    data = read_checkpoint_file(path)
+    if isinstance(data, dict) and isinstance(data.get("model_state"), dict):
+        data = data["model_state"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise DlkitError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
+    return data
+
+
+def _matches(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == v.shape for k, v in state.items())
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    if not _matches(model, state):
+        own = model.state_dict()
+        missing = sorted(own.keys() - state.keys())
+        unexpected = sorted(state.keys() - own.keys())
+        wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if keys
+        )
+        raise DlkitError(f"weights from {source} do not fit {type(model).__name__} ({detail})")
+    model.load_state_dict(state)

@@ -1,0 +1,1 @@
+"""Training: the Trainer loop, its configuration, checkpoints and distributed launch."""

@@ -1,0 +1,291 @@
+"""The Trainer: train and validate loops, history, early stopping, best and last checkpoints.
+
+One loop serves every precision (autocast and GradScaler are switched, not duplicated) and every
+process count (DDP is a wrapper; metrics are summed across ranks). The hot loop never calls
+`.item()`: losses and hits accumulate on the device and are read once per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from toolkit.errors import DlkitError
+from toolkit.files import atomic_path
+from toolkit.training.checkpoint import save_checkpoint
+from toolkit.training.optim import Schedule
+
+# How often (in batches) the progress bar reads the running loss back from the device.
+PROGRESS_EVERY = 10
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best value of a monitored metric; `patience` > 0 also stops the run after that
+    many epochs without an improvement of more than `min_delta`."""
+
+    monitor: str = "val_accuracy"
+    patience: int = 0
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.monitor.endswith("loss") else "max"
+
+    def update(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Record an epoch's metrics; return whether it is the best so far."""
+        value = metrics[self.monitor]
+        sign = -1.0 if self.mode == "min" else 1.0
+        improved = self.best is None or sign * (value - self.best) > self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+
+
+@dataclass
+class Trainer:
+    """Fits `model` and, when `run_dir` is set, writes `last.pt`, `best.pt`, `history.json` and
+    `history.png` there after every epoch (rank 0 only).
+
+    `checkpoint_extra` is stored in every checkpoint (the run's metadata and configuration).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    device: torch.device
+    schedule: Schedule | None = None
+    amp: str = "off"
+    channels_last: bool = False
+    grad_clip: float | None = None
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    run_dir: Path | None = None
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.amp == "fp16" and self.device.type != "cuda":
+            raise DlkitError("--amp fp16 needs CUDA; on the CPU use --amp bf16")
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.net = self.model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # ------------------------------------------------------------------------------ loops
+
+    def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp != "off")
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training data; returns train loss, accuracy and images/s."""
+        self.net.train()
+        self.train_loader.sampler.set_epoch(self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}",
+            file=sys.stderr,
+            leave=False,
+            disable=self.quiet or self.rank != 0 or not sys.stderr.isatty(),
+            unit="batch",
+        )
+        start = time.perf_counter()
+        for step, batch in enumerate(bar):
+            x, y = self._batch(batch)
+            with self._autocast():
+                logits = self.net(x)
+                loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.schedule is not None and self.schedule.interval == "step":
+                self.schedule.scheduler.step()
+            loss_sum += loss.detach().float() * len(y)
+            hits += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if not bar.disable and step % PROGRESS_EVERY == 0:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.4f}",
+                    acc=f"{hits.item() / seen:.3f}",
+                    img_s=f"{seen * self.world_size / max(elapsed, 1e-9):.0f}",
+                )
+        totals = self._all_reduce(loss_sum, hits.float(), seen)
+        elapsed = time.perf_counter() - start
+        return {
+            "train_loss": totals[0] / totals[2],
+            "train_accuracy": totals[1] / totals[2],
+            "images_per_second": totals[2] / elapsed,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader | None = None) -> dict[str, float]:
+        """Loss and accuracy over `loader` (default: the validation loader), all ranks summed."""
+        loader = self.val_loader if loader is None else loader
+        self.net.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        hits = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for batch in loader:
+            x, y = self._batch(batch)
+            with self._autocast():
+                logits = self.model(x)
+                loss = self.loss_fn(logits, y)
+            loss_sum += loss.float() * len(y)
+            hits += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        loss_total, hit_total, count = self._all_reduce(loss_sum, hits.float(), seen)
+        if count == 0:
+            raise DlkitError("the validation split is empty; add images or raise --val-fraction")
+        return {"val_loss": loss_total / count, "val_accuracy": hit_total / count}
+
+    def _all_reduce(self, *values) -> list[float]:
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+        packed = packed.to(self.device)
+        if self.world_size > 1:
+            dist.all_reduce(packed)
+        return packed.tolist()
+
+    # ----------------------------------------------------------------------------- fitting
+
+    def fit(self, epochs: int) -> list[dict[str, float]]:
+        """Train until `epochs` epochs are done in all (counting resumed ones) or early stopping
+        says stop. A Ctrl-C loses only the epoch in progress: `last.pt` holds the one before."""
+        while self.epoch < epochs and not self.early_stopping.should_stop:
+            metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            metrics |= self.train_epoch()
+            metrics |= self.evaluate()
+            if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
+                raise DlkitError(
+                    f"the loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
+                    "lower --lr, add --grad-clip, or use --amp bf16 instead of fp16"
+                )
+            self._step_epoch_schedule(metrics)
+            self.epoch += 1
+            improved = self.early_stopping.update(metrics, self.epoch)
+            self.history.append(metrics)
+            if self.rank == 0:
+                self._report(metrics, improved)
+                self._save(improved)
+        return self.history
+
+    def _step_epoch_schedule(self, metrics: dict[str, float]) -> None:
+        if self.schedule is None:
+            return
+        if self.schedule.interval == "epoch":
+            self.schedule.scheduler.step()
+        elif self.schedule.interval == "metric":
+            self.schedule.scheduler.step(metrics[self.early_stopping.monitor])
+
+    def _report(self, m: dict[str, float], improved: bool) -> None:
+        if self.quiet:
+            return
+        print(
+            f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}"
+            f"  val_acc {m['val_accuracy']:.4f}  lr {m['lr']:.2e}"
+            f"  {m['images_per_second']:.0f} img/s{'  *best' if improved else ''}",
+            file=sys.stderr,
+        )
+
+    # ---------------------------------------------------------------------- state and files
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this epoch ended."""
+        return {
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.schedule.scheduler.state_dict() if self.schedule else None,
+            "scaler_state": self.scaler.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        if self.schedule is not None and state.get("scheduler_state") is not None:
+            self.schedule.scheduler.load_state_dict(state["scheduler_state"])
+        self.scaler.load_state_dict(state["scaler_state"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(_as_random_state(rng["python"]))
+
+    def _save(self, improved: bool) -> None:
+        if self.run_dir is None:
+            return
+        state = self.state_dict() | self.checkpoint_extra
+        state["best_metric"] = self.early_stopping.best
+        save_checkpoint(state, self.run_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, self.run_dir / "best.pt")
+        with atomic_path(self.run_dir / "history.json") as tmp:
+            tmp.write_text(json.dumps(self.history, indent=2))
+        from toolkit.plots import plot_history
+
+        plot_history(self.history, self.run_dir / "history.png")
+
+
+def _as_random_state(state) -> tuple:
+    """`random.setstate` wants tuples; a checkpoint may hand back lists."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
