@@ -1,0 +1,69 @@
+"""`dlkit eval` and `dlkit predict` on checkpoints; the report maths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolkit.evaluate import classification_report, top_k
+
+
+def test_classification_report_counts():
+    logits = np.array([[2, 0, 0], [0, 2, 0], [0, 2, 0], [0, 0, 2]], dtype=np.float32)
+    report = classification_report(logits, np.array([0, 1, 2, 2]), ["a", "b", "c"])
+    assert report["accuracy"] == 0.75 and report["num_samples"] == 4
+    assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    assert report["per_class"]["c"] == {"accuracy": 0.5, "num_samples": 2}
+
+
+def test_top_k_is_sorted_probabilities():
+    ranked = top_k(np.array([[0.0, 3.0, 1.0]]), ["a", "b", "c"], k=2)[0]
+    assert [r["label"] for r in ranked] == ["b", "c"]
+    assert ranked[0]["probability"] == pytest.approx(np.exp(3) / (1 + np.exp(3) + np.exp(1)))
+
+
+@pytest.mark.slow
+def test_eval_json_on_the_models_own_validation_split(dlkit, tiny_run):
+    report = dlkit.json("eval", tiny_run["best_checkpoint"])
+    assert report["accuracy"] == pytest.approx(tiny_run["best_val_accuracy"])
+    assert report["num_samples"] == 359 and report["split"] == "val"
+    assert len(report["confusion_matrix"]) == 10 and set(report["per_class"]) == set("0123456789")
+
+
+@pytest.mark.slow
+def test_eval_on_the_same_images_as_a_folder(dlkit, tiny_run, digits_dir):
+    embedded = dlkit.json("eval", tiny_run["best_checkpoint"])
+    folder = dlkit.json("eval", tiny_run["best_checkpoint"], "--data", digits_dir)
+    assert folder["split"] == "val" and folder["accuracy"] == embedded["accuracy"]
+    text = dlkit("eval", tiny_run["best_checkpoint"]).output
+    assert text.startswith(f"accuracy {embedded['accuracy']:.4f} on 359 images")
+
+
+@pytest.mark.slow
+def test_predict_prints_classes_and_saves_a_grid(dlkit, tiny_run, digits_dir, tmp_path):
+    images = sorted((digits_dir / "val" / "7").glob("*.png"))[:4]
+    out = dlkit.json(
+        "predict",
+        tiny_run["best_checkpoint"],
+        *images,
+        "--top-k",
+        "2",
+        "--grid",
+        tmp_path / "g.png",
+    )
+    assert [p["image"] for p in out["predictions"]] == [str(p) for p in images]
+    assert all(len(p["top_k"]) == 2 for p in out["predictions"])
+    assert sum(p["top_k"][0]["label"] == "7" for p in out["predictions"]) >= 3
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_bad_inputs(dlkit, tiny_run, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    result = dlkit("predict", tiny_run["best_checkpoint"], bad, expect=1)
+    assert (
+        result.output
+        == f"Error: corrupt or unreadable image: {bad} (cannot identify image file '{bad}')\n"
+    )
+    result = dlkit("predict", tiny_run["best_checkpoint"], tmp_path / "none.png", expect=1)
+    assert "image not found" in result.output
