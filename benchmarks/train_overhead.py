@@ -74,7 +74,10 @@ def main() -> None:
         trainer.train_epoch()
         trainer_times.append(time.perf_counter() - start)
         plain_times.append(plain_epoch(model_b, opt_b, train_b, epoch))
-        print(f"epoch {epoch}: trainer {trainer_times[-1]:.2f}s  plain {plain_times[-1]:.2f}s", file=sys.stderr)
+        print(
+            f"epoch {epoch}: trainer {trainer_times[-1]:.2f}s  plain {plain_times[-1]:.2f}s",
+            file=sys.stderr,
+        )
 
     ratio = statistics.median(trainer_times) / statistics.median(plain_times)
     result = {
@@ -94,16 +97,25 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    def row(name: str, times: list[float]) -> str:
+        epochs = ", ".join(f"{t:.2f}" for t in times)
+        return f"| {name} | {statistics.median(times):.3f} | {epochs} |\n"
+
     (args.out / "train_overhead.md").write_text(
         "# Trainer overhead vs a hand-written loop\n\n"
-        f"`{result['command']}` on {result['cpu']}, {result['threads']} threads, torch {result['torch']}\n\n"
-        f"{result['data']}; model {result['model']}.\n\n"
+        f"`{result['command']}` on {result['cpu']}, {result['threads']} threads, "
+        f"torch {result['torch']}\n\n{result['data']}; model {result['model']}.\n\n"
         "| loop | median epoch (s) | epochs (s) |\n| --- | --- | --- |\n"
-        f"| Trainer.train_epoch | {result['trainer_median_s']:.3f} | {', '.join(f'{t:.2f}' for t in trainer_times)} |\n"
-        f"| plain loop | {result['plain_median_s']:.3f} | {', '.join(f'{t:.2f}' for t in plain_times)} |\n\n"
-        f"Trainer / plain = **{ratio:.3f}** (goal: at most 1.05).\n"
+        + row("Trainer.train_epoch", trainer_times)
+        + row("plain loop", plain_times)
+        + f"\nTrainer / plain = **{ratio:.3f}** (goal: at most 1.05).\n"
     )
-    print(json.dumps({k: result[k] for k in ("trainer_median_s", "plain_median_s", "trainer_over_plain")}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("trainer_median_s", "plain_median_s", "trainer_over_plain")}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,18 @@ Plain dataclasses that turn into JSON-able dicts; no torch here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from toolkit.errors import DlkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,6 +97,9 @@ class ArtifactInfo:
     source: DataSource
     format: str = "checkpoint"
     precision: str = "fp32"
+    input_dtype: str = "float32"
+    static_batch: int | None = None
+    quantization: dict[str, Any] | None = None
     source_checkpoint: str | None = None
     source_sha256: str | None = None
     dlkit_version: str = ""
@@ -95,6 +107,10 @@ class ArtifactInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def derive(self, **changes: Any) -> ArtifactInfo:
+        """A copy for an artifact made from this one (export, quantization)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,7 +125,91 @@ class ArtifactInfo:
             source=DataSource.from_dict(d.get("source", {})),
             format=d.get("format", "checkpoint"),
             precision=d.get("precision", "fp32"),
+            input_dtype=d.get("input_dtype", "float32"),
+            static_batch=d.get("static_batch"),
+            quantization=d.get("quantization"),
             source_checkpoint=d.get("source_checkpoint"),
             source_sha256=d.get("source_sha256"),
             dlkit_version=d.get("dlkit_version", ""),
         )
+
+
+# Where the metadata lives inside each format.
+ONNX_METADATA_KEY = "dlkit"
+TORCHSCRIPT_EXTRA_FILE = "dlkit.json"
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """`checkpoint`, `torchscript` or `onnx`, from the file's content (not only its name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DlkitError(f"model file not found: {path}")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DlkitError(f"{path} is a damaged archive: {exc}") from exc
+        return "torchscript" if any("/code/" in n for n in names) else "checkpoint"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x08":  # protobuf field 1 (ir_version), as every ONNX file starts
+        return "onnx"
+    raise DlkitError(
+        f"{path} is not a model file dlkit understands (a dlkit checkpoint, TorchScript or ONNX)"
+    )
+
+
+def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
+    """The metadata embedded in any artifact dlkit wrote."""
+    fmt = sniff_format(path)
+    if fmt == "checkpoint":
+        from toolkit.training.checkpoint import load_checkpoint
+
+        return load_checkpoint(path).info
+    if fmt == "torchscript":
+        return load_torchscript(path)[1]
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise DlkitError(f"{path} is not a readable ONNX model: {exc}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    return parse_info(props.get(ONNX_METADATA_KEY), path)
+
+
+@contextlib.contextmanager
+def jit_deprecation_silenced() -> Iterator[None]:
+    """torch 2.14 marks torch.jit deprecated, but TorchScript is still what Triton's PyTorch
+    backend serves; silence only those notices."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`torch\.jit\.\w+` is deprecated")
+        yield
+
+
+def load_torchscript(
+    path: str | os.PathLike, map_location: str = "cpu"
+) -> tuple[Any, ArtifactInfo]:
+    """A TorchScript module and the dlkit metadata in its extra files."""
+    import torch
+
+    extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+    try:
+        with jit_deprecation_silenced():
+            module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except Exception as exc:
+        raise DlkitError(f"{path} is not a readable TorchScript file: {exc}") from exc
+    return module, parse_info(extra[TORCHSCRIPT_EXTRA_FILE], path)
+
+
+def parse_info(text: str | bytes | None, path: str | os.PathLike) -> ArtifactInfo:
+    """Metadata JSON as stored in an artifact; a file without it is refused."""
+    if not text:
+        raise DlkitError(
+            f"{path} carries no dlkit metadata (class names, preprocessing); export it with "
+            "`dlkit export` so it can be used on its own"
+        )
+    return ArtifactInfo.from_dict(json.loads(text))

@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "toolkit.commands.train:train",
     "eval": "toolkit.commands.evaluate:evaluate",
     "predict": "toolkit.commands.predict:predict",
+    "export": "toolkit.commands.export:export",
 }
 
 

@@ -20,3 +20,12 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
             )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False when torch is not installed with CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
