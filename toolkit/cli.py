@@ -20,6 +20,8 @@ COMMANDS = {
     "eval": "toolkit.commands.evaluate:evaluate",
     "predict": "toolkit.commands.predict:predict",
     "export": "toolkit.commands.export:export",
+    "quantize": "toolkit.commands.quantize:quantize",
+    "bench": "toolkit.commands.bench:bench",
 }
 
 
