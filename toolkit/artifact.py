@@ -181,6 +181,18 @@ def read_artifact_info(path: str | os.PathLike) -> ArtifactInfo:
     return parse_info(props.get(ONNX_METADATA_KEY), path)
 
 
+def write_onnx_metadata(path: str | os.PathLike, info: ArtifactInfo) -> None:
+    """Store `info` in an ONNX file's `metadata_props`, replacing earlier dlkit metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in [p for p in model.metadata_props if p.key == ONNX_METADATA_KEY]:
+        model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info.to_dict())
+    onnx.save(model, str(path))
+
+
 @contextlib.contextmanager
 def jit_deprecation_silenced() -> Iterator[None]:
     """torch 2.14 marks torch.jit deprecated, but TorchScript is still what Triton's PyTorch

@@ -23,10 +23,10 @@ from torch import nn
 
 from toolkit import __version__
 from toolkit.artifact import (
-    ONNX_METADATA_KEY,
     TORCHSCRIPT_EXTRA_FILE,
     ArtifactInfo,
     jit_deprecation_silenced,
+    write_onnx_metadata,
 )
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path, sha256_file
@@ -182,10 +182,7 @@ def export_onnx(
             f"ONNX export of {info.model.name} failed: {_failure(exc)}. "
             "The TorchScript export (--torchscript) may still work."
         ) from exc
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info.to_dict())
-    onnx.save(proto, str(path))
+    write_onnx_metadata(path, info)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:

@@ -12,7 +12,6 @@ the validation data, and renames it into place only if the accuracy drop is with
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import tempfile
@@ -24,7 +23,12 @@ from typing import Any
 import numpy as np
 
 from toolkit import __version__
-from toolkit.artifact import ONNX_METADATA_KEY, ArtifactInfo, read_artifact_info, sniff_format
+from toolkit.artifact import (
+    ArtifactInfo,
+    read_artifact_info,
+    sniff_format,
+    write_onnx_metadata,
+)
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path, sha256_file
 
@@ -187,18 +191,6 @@ def quantize_fp16_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> dict[s
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(model, str(dst))
     return {}
-
-
-def _write_onnx_metadata(path: Path, info: ArtifactInfo) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    for prop in list(model.metadata_props):
-        if prop.key == ONNX_METADATA_KEY:
-            model.metadata_props.remove(prop)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(info.to_dict())
-    onnx.save(model, str(path))
 
 
 # ------------------------------------------------------------------------ PyTorch-native int8
@@ -392,7 +384,7 @@ def quantize_artifact(
                 quantization |= quantize_static_onnx(source, tmp, calibration, method, per_channel)
             else:
                 quantization |= quantize_fp16_onnx(source, tmp)
-            _write_onnx_metadata(tmp, new_info.derive(quantization=quantization))
+            write_onnx_metadata(tmp, new_info.derive(quantization=quantization))
             logits, _ = predict_dataset(open_runner(tmp), val)
             accuracy = float((logits.argmax(1) == labels).mean())
             baseline = float((baseline_logits.argmax(1) == labels).mean())

@@ -18,7 +18,8 @@ from toolkit.commands.output import print_json
 @click.option(
     "--calib-data",
     type=click.Path(),
-    help="Calibration images (a folder) or preprocessed inputs (.npy). Default: the model's training split.",
+    help="Calibration images (a folder) or preprocessed inputs (.npy). "
+    "Default: the model's training split.",
 )
 @click.option("--dataset", type=click.Choice(["digits"]), help="Calibrate on an embedded dataset.")
 @click.option("--calib-samples", type=int, default=256, show_default=True)
@@ -94,9 +95,9 @@ def quantize(
     else:
         ratio = result.size_bytes / result.baseline_size_bytes
         click.echo(
-            f"{result.path}: {mode}, accuracy {result.accuracy:.4f} vs {result.baseline_accuracy:.4f} "
-            f"fp32 (drop {result.accuracy_drop_points:.2f} points, top-1 agreement "
-            f"{result.top1_agreement:.3f}), {result.size_bytes / 1e6:.2f} MB ({ratio:.0%} of fp32)"
+            f"{result.path}: {mode}, accuracy {result.accuracy:.4f} vs "
+            f"{result.baseline_accuracy:.4f} fp32 (drop {result.accuracy_drop_points:.2f} "
+            f"points, top-1 agreement {result.top1_agreement:.3f}), {result.size_bytes / 1e6:.2f} MB ({ratio:.0%} of fp32)"
         )
     if not result.passed:
         click.echo(
