@@ -97,7 +97,8 @@ def quantize(
         click.echo(
             f"{result.path}: {mode}, accuracy {result.accuracy:.4f} vs "
             f"{result.baseline_accuracy:.4f} fp32 (drop {result.accuracy_drop_points:.2f} "
-            f"points, top-1 agreement {result.top1_agreement:.3f}), {result.size_bytes / 1e6:.2f} MB ({ratio:.0%} of fp32)"
+            f"points, top-1 agreement {result.top1_agreement:.3f}), "
+            f"{result.size_bytes / 1e6:.2f} MB ({ratio:.0%} of fp32)"
         )
     if not result.passed:
         click.echo(
