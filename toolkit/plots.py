@@ -53,6 +53,38 @@ def plot_predictions(
     _save(fig, path)
 
 
+def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLike) -> None:
+    """Accuracy against p50 latency, one point per benchmarked variant, the selected one
+    marked (`variants` have name, accuracy and latency_ms)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        if v.latency_ms is None or v.accuracy is None:
+            continue
+        chosen = v.name == selected
+        ax.scatter(
+            v.latency_ms["p50"],
+            v.accuracy,
+            s=160 if chosen else 60,
+            marker="*" if chosen else "o",
+            color="tab:red" if chosen else "tab:blue",
+            zorder=3,
+        )
+        ax.annotate(
+            v.name + (" (selected)" if chosen else ""),
+            (v.latency_ms["p50"], v.accuracy),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
+    ax.set(
+        xlabel="p50 latency (ms)", ylabel="validation accuracy", title="Accuracy against latency"
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: str | os.PathLike) -> None:
     plt = _pyplot()
     with atomic_path(path) as tmp:

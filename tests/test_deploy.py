@@ -1,0 +1,122 @@
+"""`dlkit deploy`: selection logic, reuse on rerun, and failures that leave the repository alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit.deploy import DeployConfig, VariantReport, deploy, select_variant
+from toolkit.errors import DlkitError
+
+
+def variant(name, simplicity, p50, throughput, gate="passed", servable=True):
+    return VariantReport(
+        name, "onnx", "fp32", simplicity, path=f"{name}.onnx", servable=servable, gate=gate,
+        latency_ms={"p50": p50, "p99": p50 * 2}, throughput=throughput,
+    )  # fmt: skip
+
+
+def test_selection_respects_the_budget_and_the_objective():
+    variants = [
+        variant("eager", -1, 0.1, 99999, gate="baseline", servable=False),
+        variant("fp32", 0, 10.0, 100),
+        variant("int8", 3, 2.0, 300),
+        variant("int8-lossy", 4, 1.0, 900, gate="failed: loses 3.00 points (budget 1)"),
+        variant("batchy", 2, 6.0, 600),
+    ]
+    assert select_variant(variants, "latency").name == "int8"
+    assert select_variant(variants, "throughput").name == "batchy"
+
+
+def test_ties_go_to_the_simpler_variant():
+    variants = [variant("static", 3, 2.00, 500), variant("fp32", 0, 2.08, 480)]
+    assert select_variant(variants, "latency").name == "fp32"  # within 5%
+    assert select_variant(variants, "latency", tie_tolerance=0.01).name == "static"
+    assert select_variant(variants, "throughput").name == "fp32"
+
+
+def test_all_variants_failing_is_an_error_that_lists_why():
+    variants = [
+        variant("fp32", 0, 1.0, 1, gate="failed: parity (3 of 80 logits differ)"),
+        variant("int8", 3, 1.0, 1, gate="failed: loses 2.00 points (budget 1)"),
+    ]
+    with pytest.raises(DlkitError, match=r"fp32: failed: parity.*int8: failed: loses"):
+        select_variant(variants)
+    with pytest.raises(DlkitError, match="unknown objective"):
+        select_variant(variants, "accuracy")
+
+
+def quick(tiny_run, tmp_path, **options) -> DeployConfig:
+    return DeployConfig(
+        checkpoint=tiny_run["best_checkpoint"], out=str(tmp_path / "run"),
+        repo=str(tmp_path / "repo"), smoke_test=False, batch_sizes=(1, 4), bench_seconds=0.05,
+        **options,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_deploy_packages_the_selected_variant_and_reuses_on_rerun(tiny_run, tmp_path):
+    first = deploy(quick(tiny_run, tmp_path), progress=lambda message: None)
+    names = {v["name"]: v for v in first["variants"]}
+    assert set(names) == {
+        "eager-fp32",
+        "onnx-fp32",
+        "torchscript-fp32",
+        "onnx-int8-dynamic",
+        "onnx-int8-static",
+    }
+    selected = first["selected"]
+    assert selected["gate"] == "passed" and selected["accuracy_drop_points"] <= 1.0
+    assert [p["model"] for p in first["packaged"]][0] == "classifier"
+    assert (tmp_path / "repo" / "classifier" / "1").is_dir()
+    assert (tmp_path / "repo" / "classifier" / "config.pbtxt").is_file()
+    run = tmp_path / "run"
+    for name in ("report.md", "report.json", "accuracy_latency.png"):
+        assert (run / name).is_file(), name
+    assert "| onnx-int8-static" in (run / "report.md").read_text()
+    assert not any(v["reused"] for v in first["variants"])
+
+    second = deploy(quick(tiny_run, tmp_path), progress=lambda message: None)
+    reused = {v["name"]: v["reused"] for v in second["variants"]}
+    assert all(reused[n] for n in ("onnx-fp32", "torchscript-fp32", "onnx-int8-static"))
+    assert second["stage_seconds"]["export"] < first["stage_seconds"]["export"]
+    assert (tmp_path / "repo" / "classifier" / "2").is_dir()  # a new version, the old one kept
+
+
+@pytest.mark.slow
+def test_a_failing_stage_leaves_the_repository_untouched(tiny_run, tmp_path, dlkit):
+    # A model called "classifier" that takes other inputs is already being served.
+    from tests.test_export import info_for
+    from toolkit.export import export_model
+    from toolkit.models import create_model
+    from toolkit.triton.repository import package_artifact
+
+    model, spec = create_model("smallresnet", 3, 3, 24)
+    export_model(
+        model, info_for("smallresnet", 3, 24, 3).derive(model=spec), tmp_path, "other", ("onnx",)
+    )
+    package_artifact(tmp_path / "other.onnx", tmp_path / "repo", "classifier")
+    before = snapshot(tmp_path / "repo")
+
+    with pytest.raises(DlkitError, match=r"deploy failed at stage 'package'.*was not changed"):
+        deploy(quick(tiny_run, tmp_path), progress=lambda message: None)
+    assert snapshot(tmp_path / "repo") == before
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["failed_stage"] == "package" and report["error"]
+    assert "Failed at stage `package`" in (tmp_path / "run" / "report.md").read_text()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_deploy_refuses_an_artifact_that_is_not_a_checkpoint(dlkit, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07garbage")
+    result = dlkit("deploy", path, "--out", tmp_path / "r", "--repo", tmp_path / "repo", expect=1)
+    assert "is not a dlkit checkpoint" in result.output
+    assert not (tmp_path / "repo").exists()
