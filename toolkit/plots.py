@@ -58,9 +58,8 @@ def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLik
     marked (`variants` have name, accuracy and latency_ms)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in variants:
-        if v.latency_ms is None or v.accuracy is None:
-            continue
+    plotted = [v for v in variants if v.latency_ms is not None and v.accuracy is not None]
+    for i, v in enumerate(plotted):
         chosen = v.name == selected
         ax.scatter(
             v.latency_ms["p50"],
@@ -74,11 +73,14 @@ def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLik
             v.name + (" (selected)" if chosen else ""),
             (v.latency_ms["p50"], v.accuracy),
             textcoords="offset points",
-            xytext=(6, 6),
+            xytext=(6, 6 - 14 * (i % 2)),  # alternate label heights so neighbours stay readable
             fontsize=8,
         )
+    ax.set_xscale("log")
     ax.set(
-        xlabel="p50 latency (ms)", ylabel="validation accuracy", title="Accuracy against latency"
+        xlabel="p50 latency (ms, log scale)",
+        ylabel="validation accuracy",
+        title="Accuracy against latency",
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
