@@ -21,7 +21,10 @@ COMMANDS = {
     "predict": "toolkit.commands.predict:predict",
     "export": "toolkit.commands.export:export",
     "quantize": "toolkit.commands.quantize:quantize",
+    "deploy": "toolkit.commands.deploy:deploy",
     "bench": "toolkit.commands.bench:bench",
+    "package": "toolkit.commands.package:package",
+    "serve": "toolkit.commands.serve:serve",
 }
 
 

@@ -210,8 +210,13 @@ def open_runner(path: str | os.PathLike, device: str = "cpu", **options) -> Runn
     """Open any model artifact dlkit wrote (checkpoint, TorchScript, ONNX) as a Runner.
 
     `options` go to the backend: `threads` (all), `autocast`/`channels_last` (checkpoints),
-    `optimization`/`tensorrt` (ONNX).
+    `optimization`/`tensorrt` (ONNX). A `grpc://host:port/NAME` or `http://...` URL opens a
+    model served by Triton (options go to `TritonClient`).
     """
+    if str(path).startswith(("grpc://", "http://")):
+        from toolkit.triton.client import TritonRunner
+
+        return TritonRunner(str(path), device=device, **options)
     runner_cls = RUNNERS[sniff_format(path)]
     try:
         return runner_cls(path, device=device, **options)

@@ -1,0 +1,92 @@
+"""`dlkit serve`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False),
+    default="model_repository",
+    show_default=True,
+    help="Triton model repository (see `dlkit package`).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; 0.0.0.0 exposes the server to the network.",
+)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--model", "models", multiple=True, help="Serve only this model (repeatable).")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    help="Write the server log here instead of streaming it to stderr.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the models to load.",
+)
+def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, timeout) -> None:
+    """Run Triton Inference Server on a model repository until Ctrl-C or SIGTERM.
+
+    Uses `tritonserver` from PATH (the NGC image: every backend), else the one in the
+    nvidia-pytriton wheel (`pip install 'dlkit[serve]'`: python backend only). Models the
+    server has no backend for are named and skipped.
+    """
+    import signal
+
+    from toolkit.errors import DlkitError
+    from toolkit.triton.server import TritonServer
+
+    server = TritonServer(
+        repo,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        models=list(models) or None,
+        log_file=log_file,
+        stream_log=log_file is None,
+    )
+    where = "PATH" if not server.binary.bundled else "the nvidia-pytriton wheel"
+    click.echo(f"tritonserver: {server.binary.path} (from {where})")
+    for name, why in server.plan.skipped.items():
+        click.echo(f"skipped {name}: {why}")
+
+    class Stop(Exception):
+        pass
+
+    def on_sigterm(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        server.start(timeout)
+        failed = server.failed_models()
+        for name, why in failed.items():
+            click.echo(f"failed  {name}: {why}")
+        ready = [n for n in server.plan.load if n not in failed]
+        if not ready:
+            raise DlkitError("no model loaded; see the reasons above and the server log")
+        click.echo(f"serving {', '.join(ready)}")
+        click.echo(f"  gRPC     {server.grpc_url}")
+        click.echo(f"  HTTP     http://{server.http_url}")
+        click.echo(f"  metrics  {server.metrics_url}")
+        click.echo("Ctrl-C or SIGTERM stops the server.")
+        code = server.wait()
+        raise DlkitError(f"tritonserver exited unexpectedly with status {code}")
+    except (KeyboardInterrupt, Stop):
+        click.echo("stopping ...")
+    finally:
+        code = server.stop()
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(f"stopped (tritonserver exit status {code})")

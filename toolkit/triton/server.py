@@ -1,0 +1,370 @@
+"""Starting and stopping a real `tritonserver` on a model repository.
+
+The binary is the one on PATH (the NGC image, every backend) or else the one bundled with the
+`nvidia-pytriton` wheel (`pip install 'dlkit[serve]'`), which has only the python backend. The
+bundled one needs three things from us (see DESIGN.md): its python backend next to a stub built
+for the running Python, that interpreter's `libpython` and the wheel's libraries on
+LD_LIBRARY_PATH, and the venv's `bin`
+first on PATH, because the stub finds its packages (numpy < 2, onnxruntime, torch, dlkit)
+through the first `python3` on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.errors import DlkitError
+from toolkit.triton.repository import CONFIG_FILE, existing_versions, read_config
+
+# Which backend serves each `platform` of a config.
+PLATFORM_BACKENDS = {
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+    "tensorrt_plan": "tensorrt",
+    "tensorflow_savedmodel": "tensorflow",
+    "tensorflow_graphdef": "tensorflow",
+}
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """A tritonserver executable and where its backends live."""
+
+    path: Path
+    backends_dir: Path
+    bundled: bool  # the nvidia-pytriton copy, which needs the set-up in `prepare`
+
+    def backends(self) -> set[str]:
+        """Names of the backends this server can load (ensembles are built in)."""
+        found = {p.name for p in self.backends_dir.iterdir() if p.is_dir()}
+        return found | {"ensemble"}
+
+
+def find_tritonserver() -> ServerBinary:
+    """`tritonserver` from PATH, else the one in the nvidia-pytriton wheel."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        path = Path(on_path).resolve()
+        return ServerBinary(path, path.parent.parent / "backends", bundled=False)
+    try:
+        import pytriton
+    except ImportError:
+        raise DlkitError(
+            "tritonserver not found: install the server with `pip install 'dlkit[serve]'` "
+            "(nvidia-pytriton, Linux x86-64) or run in the NGC image (see the Dockerfile)"
+        ) from None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    return ServerBinary(root / "bin" / "tritonserver", root / "backends", bundled=True)
+
+
+@dataclass
+class RepositoryPlan:
+    """Which models of a repository this server can load, and why the others are skipped."""
+
+    load: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)  # model -> backend
+
+
+def plan_repository(
+    repo: str | os.PathLike, backends: set[str], only: list[str] | None = None
+) -> RepositoryPlan:
+    """Sort the models in `repo` into those `backends` can serve and those they cannot."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise DlkitError(f"no model repository at {repo}; write one with `dlkit package`")
+    plan, steps = RepositoryPlan(), {}
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = model_dir.name
+        if not (model_dir / CONFIG_FILE).is_file():
+            plan.skipped[name] = f"no {CONFIG_FILE}"
+            continue
+        config = read_config(model_dir / CONFIG_FILE)
+        backend = config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
+        plan.backends[name] = backend
+        steps[name] = [s.model_name for s in config.ensemble_scheduling.step]
+        if backend != "ensemble" and not existing_versions(model_dir):
+            plan.skipped[name] = "no numbered version folder"
+        elif backend not in backends:
+            plan.skipped[name] = (
+                f"this tritonserver has no {backend} backend (it has "
+                f"{', '.join(sorted(backends - {'ensemble'}))}); package it with "
+                "`--backend python`, or serve it in the NGC image (Dockerfile)"
+            )
+    # An ensemble is servable only when all its steps are (repeat: ensembles may nest).
+    changed = True
+    while changed:
+        changed = False
+        for name, needed in steps.items():
+            missing = [m for m in needed if m not in steps or m in plan.skipped]
+            if missing and name not in plan.skipped:
+                plan.skipped[name] = f"its step model {missing[0]} cannot be served"
+                changed = True
+    unknown = sorted(set(only or []) - set(plan.backends) - set(plan.skipped))
+    if unknown:
+        raise DlkitError(f"no model {unknown[0]} in {repo}; it holds {sorted(plan.backends)}")
+    plan.load = [n for n in plan.backends if n not in plan.skipped and (not only or n in set(only))]
+    return plan
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Fail early with the option to change, rather than deep inside the server log."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As servers do: connections of a stopped server lingering in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DlkitError(
+                    f"port {port} on {host} is in use (another server?); choose another with "
+                    f"{option}"
+                ) from None
+            raise DlkitError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _python_backend(workdir: Path, binary: ServerBinary) -> Path:
+    """A private copy of the bundled python backend with the stub for this Python."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = (
+        binary.path.parent.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
+    )
+    if not stub.is_file():
+        raise DlkitError(
+            f"nvidia-pytriton has no python backend stub for Python {version}; use Python "
+            "3.8-3.13 or the NGC image"
+        )
+    target = workdir / "backends" / "python"
+    shutil.copytree(binary.backends_dir / "python", target, ignore=shutil.ignore_patterns("__*"))
+    shutil.copy2(stub, target / "triton_python_backend_stub")
+    return target.parent
+
+
+def server_environment(binary: ServerBinary) -> dict[str, str]:
+    """The environment the server and its python stubs need (see the module docstring)."""
+    env = dict(os.environ)
+    if binary.bundled:
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # The copied stub's relative RPATH no longer finds the wheel's own libraries.
+        wheel_libs = binary.path.parents[3] / "nvidia_pytriton.libs"
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            str(p) for p in (libdir, wheel_libs, env.get("LD_LIBRARY_PATH")) if p
+        )
+    return env
+
+
+class TritonServer:
+    """One `tritonserver` process on a repository, bound to `host`.
+
+    Loads the servable models of `repo` (all, or `models`) in explicit model-control mode and
+    records the others in `plan.skipped`. The server log goes to `log_file` (default: a file in
+    a private temporary folder), or to this process's stderr with `stream_log=True`.
+    Use as a context manager, or call `start()` and `stop()`.
+    """
+
+    def __init__(
+        self,
+        repo: str | os.PathLike = "model_repository",
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        models: list[str] | None = None,
+        log_file: str | os.PathLike | None = None,
+        stream_log: bool = False,
+        binary: ServerBinary | None = None,
+    ):
+        self.repo = Path(repo).resolve()
+        self.host = host
+        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.binary = binary or find_tritonserver()
+        self.plan = plan_repository(self.repo, self.binary.backends(), models)
+        self.log_file = Path(log_file) if log_file else None
+        self.stream_log = stream_log
+        self.process: subprocess.Popen | None = None
+        self.workdir: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._address()}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._address()}:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._address()}:{self.ports['metrics']}/metrics"
+
+    def _address(self) -> str:
+        # A server bound to every interface is reached locally through the loopback.
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+    def command(self, backends_dir: Path) -> list[str]:
+        cmd = [
+            str(self.binary.path),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={backends_dir}",
+            "--model-control-mode=explicit",
+            # A model that fails to load is reported, not fatal to the others.
+            "--exit-on-error=false",
+            "--strict-readiness=false",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+        ]
+        cmd += [f"--{kind}-port={port}" for kind, port in self.ports.items()]
+        return cmd + [f"--load-model={name}" for name in self.plan.load]
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        """Start the server and wait until its models are loaded; raises DlkitError with the
+        end of the server log if it does not come up."""
+        if not self.plan.load:
+            raise DlkitError(f"nothing to serve in {self.repo}: " + self._skipped_text())
+        for kind, port in self.ports.items():
+            check_port_free(self.host, port, f"--{kind}-port")
+        self.workdir = Path(tempfile.mkdtemp(prefix="dlkit-triton-"))
+        backends_dir = self.binary.backends_dir
+        if self.binary.bundled:
+            backends_dir = _python_backend(self.workdir, self.binary)
+        log_path = self.log_file or self.workdir / "tritonserver.log"
+        output = None if self.stream_log else open(log_path, "ab")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                self.command(backends_dir),
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno() if self.stream_log else output,
+                stderr=subprocess.STDOUT,
+                env=server_environment(self.binary),
+                # Its own process group: python stubs are stopped with it, and a Ctrl-C reaches
+                # only us, so the shutdown happens once, in `stop`.
+                start_new_session=True,
+            )
+        finally:
+            if output is not None:
+                output.close()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until the server answers and none of its models is still loading."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise DlkitError(
+                    f"tritonserver exited with status {self.process.returncode} while "
+                    f"starting.{self._log_tail()}"
+                )
+            with contextlib.suppress(OSError, ValueError):
+                states = self.model_states()
+                if all(s["state"] in ("READY", "UNAVAILABLE") for s in states.values()):
+                    return
+            if time.monotonic() > deadline:
+                raise DlkitError(
+                    f"tritonserver did not become ready within {timeout:.0f} s.{self._log_tail()}"
+                )
+            time.sleep(0.25)
+
+    def model_states(self) -> dict[str, dict]:
+        """`{name: {"state", "reason", "version"}}` of the models it was asked to load.
+
+        Raises OSError while the HTTP endpoint is not up.
+        """
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            index = json.load(response)
+        states = {
+            name: {"state": "LOADING", "reason": "", "version": ""} for name in self.plan.load
+        }
+        for entry in index:
+            if entry["name"] in states and entry.get("state"):
+                states[entry["name"]] = {
+                    k: entry.get(k, "") for k in ("state", "reason", "version")
+                }
+        return states
+
+    def failed_models(self) -> dict[str, str]:
+        """Models that were asked for but did not load, with Triton's reason."""
+        return {
+            name: s["reason"] or "failed to load (see the server log)"
+            for name, s in self.model_states().items()
+            if s["state"] != "READY"
+        }
+
+    def _skipped_text(self) -> str:
+        return "; ".join(f"{n}: {why}" for n, why in self.plan.skipped.items()) or "empty"
+
+    def _log_tail(self, lines: int = 25) -> str:
+        path = self.log_file or (self.workdir / "tritonserver.log" if self.workdir else None)
+        if self.stream_log or path is None or not path.is_file():
+            return ""
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        return "\nLast lines of the server log:\n" + "\n".join(tail)
+
+    def log_text(self) -> str:
+        """The whole server log so far (empty when it is streamed)."""
+        path = self.log_file or (self.workdir / "tritonserver.log" if self.workdir else None)
+        return path.read_text(errors="replace") if path and path.is_file() else ""
+
+    def wait(self) -> int:
+        """Block until the server exits; its exit status."""
+        assert self.process is not None
+        return self.process.wait()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (Triton unloads its models and exits), SIGKILL after `timeout`; idempotent.
+        Returns the server's exit status."""
+        process, self.process = self.process, None
+        code = None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+            # Whatever is left of the group (python stubs), and the server if it hung.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            if code is None:
+                code = process.wait()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        return code
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
