@@ -49,11 +49,11 @@ def test_all_variants_failing_is_an_error_that_lists_why():
 
 
 def quick(tiny_run, tmp_path, **options) -> DeployConfig:
-    return DeployConfig(
+    settings = dict(
         checkpoint=tiny_run["best_checkpoint"], out=str(tmp_path / "run"),
         repo=str(tmp_path / "repo"), smoke_test=False, batch_sizes=(1, 4), bench_seconds=0.05,
-        **options,
     )  # fmt: skip
+    return DeployConfig(**(settings | options))
 
 
 @pytest.mark.slow
@@ -120,3 +120,12 @@ def test_deploy_refuses_an_artifact_that_is_not_a_checkpoint(dlkit, tmp_path):
     result = dlkit("deploy", path, "--out", tmp_path / "r", "--repo", tmp_path / "repo", expect=1)
     assert "is not a dlkit checkpoint" in result.output
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.slow
+def test_deploy_smoke_tests_the_served_model(tiny_run, tmp_path):
+    report = deploy(quick(tiny_run, tmp_path, smoke_test=True), progress=lambda message: None)
+    smoke = report["smoke_test"]
+    assert smoke["top1_agreement"] == 1.0 and smoke["max_abs_err"] < 1e-3
+    assert smoke["samples"] == 64 and smoke["endpoint"].endswith("/classifier")
+    assert "Smoke test: 64 validation images" in (tmp_path / "run" / "report.md").read_text()
