@@ -69,7 +69,7 @@ def test_deploy_packages_the_selected_variant_and_reuses_on_rerun(tiny_run, tmp_
     }
     selected = first["selected"]
     assert selected["gate"] == "passed" and selected["accuracy_drop_points"] <= 1.0
-    assert [p["model"] for p in first["packaged"]][0] == "classifier"
+    assert first["packaged"][0]["model"] == "classifier"
     assert (tmp_path / "repo" / "classifier" / "1").is_dir()
     assert (tmp_path / "repo" / "classifier" / "config.pbtxt").is_file()
     run = tmp_path / "run"
