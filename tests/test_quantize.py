@@ -14,6 +14,7 @@ from toolkit.files import sha256_file
 from toolkit.quantize import (
     CpuFeatures,
     calibration_samples,
+    compile_int8,
     cpu_features,
     dynamic_int8_linear,
     int8_types,
@@ -151,8 +152,9 @@ def test_pytorch_native_int8(tiny_run):
     x = torch.from_numpy(calibration[:8])
     with torch.no_grad():
         reference = model(x)
-        converted = pt2e_int8(model, calibration, batch_size=8)
-        out = converted(x)
+    compiled = compile_int8(pt2e_int8(model, calibration, batch_size=8), x)
+    with torch.no_grad():
+        out = compiled(x)  # oneDNN int8 kernels through inductor
     assert out.shape == reference.shape
     assert torch.nn.functional.cosine_similarity(out, reference).min() > 0.95
 

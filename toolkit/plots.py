@@ -10,7 +10,7 @@ import numpy as np
 from toolkit.files import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +21,7 @@ def _pyplot():
 
 def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
     """Loss (train and validation) and validation accuracy against epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
@@ -33,14 +33,14 @@ def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_predictions(
     images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike
 ) -> None:
     """A grid of images (H×W or H×W×3 uint8) with a title under each."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(len(images), 6)
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
@@ -50,13 +50,13 @@ def plot_predictions(
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLike) -> None:
     """Accuracy against p50 latency, one point per benchmarked variant, the selected one
     marked (`variants` have name, accuracy and latency_ms)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plotted = [v for v in variants if v.latency_ms is not None and v.accuracy is not None]
     for i, v in enumerate(plotted):
@@ -84,11 +84,11 @@ def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLik
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: str | os.PathLike) -> None:
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,18 +55,10 @@ class CpuFeatures:
 
 
 def cpu_features() -> CpuFeatures:
-    """Read /proc/cpuinfo (Linux); elsewhere report only the machine name."""
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    """This machine's CPU, as far as int8 kernels care."""
+    from toolkit.devices import cpu_info
+
+    model, flags = cpu_info()
     return CpuFeatures(
         model=model,
         avx2="avx2" in flags,
@@ -206,6 +198,10 @@ def pt2e_int8(model, calibration: np.ndarray, batch_size: int = 16):
     import torch
 
     try:
+        from torchao.quantization.pt2e import (
+            allow_exported_model_train_eval,
+            move_exported_model_to_eval,
+        )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer,
@@ -223,7 +219,27 @@ def pt2e_int8(model, calibration: np.ndarray, batch_size: int = 16):
         prepared = prepare_pt2e(graph, quantizer)
         for start in range(0, len(calibration), batch_size):
             prepared(torch.from_numpy(calibration[start : start + batch_size]))
-        return convert_pt2e(prepared)
+        converted = convert_pt2e(prepared)
+    move_exported_model_to_eval(converted)
+    allow_exported_model_train_eval(converted)  # so runners may call .eval() like on any model
+    return converted
+
+
+def compile_int8(converted, example):
+    """`torch.compile` a `pt2e_int8` module for a fixed input shape (that of `example`), with
+    inductor freezing so the int8 weights are pre-packed for oneDNN. Compiles now (about 10 s
+    for ResNet-18 on 2 cores): freezing must be on while the graph is compiled, and passing it
+    through `torch.compile(options=...)` fails to lower the quantized convolutions here."""
+    import torch
+    import torchao.quantization.pt2e.inductor_passes.x86  # noqa: F401  (int8 fusion patterns)
+
+    compiled = torch.compile(converted, dynamic=False)
+    with torch._inductor.config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
+        # torch's own int8 lowering copies a tensor the way it warns against; under
+        # `-W error` that warning would abort the lowering.
+        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+        compiled(example)
+    return compiled
 
 
 def dynamic_int8_linear(model):

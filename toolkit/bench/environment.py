@@ -1,0 +1,172 @@
+"""The machine a figure was measured on, and peak memory while measuring.
+
+Numbers without their environment cannot be compared: every report carries the CPU model and
+the instruction sets that decide which kernels run (AVX-512, VNNI, AMX), the cores and threads
+used, the GPU with its driver and CUDA versions, and the library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from toolkit import __version__
+
+# /proc/cpuinfo flag -> the name people know it by.
+INSTRUCTION_SETS = {
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "avx512_fp16": "AVX-512 FP16",
+    "amx_tile": "AMX",
+    "amx_bf16": "AMX BF16",
+    "amx_int8": "AMX INT8",
+}
+
+
+def describe_environment(device: str, onnxruntime_threads: int | None = None) -> dict[str, Any]:
+    """CPU, GPU and software versions, as one JSON-able dict."""
+    import numpy
+    import torch
+
+    from toolkit.devices import cpu_info
+
+    model, flags = cpu_info()
+    return {
+        "device": device,
+        "cpu": {
+            "model": model,
+            "architecture": platform.machine(),
+            "instruction_sets": [name for flag, name in INSTRUCTION_SETS.items() if flag in flags],
+            "torch_kernels": torch.backends.cpu.get_cpu_capability(),
+            "logical_cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
+            "torch_threads": torch.get_num_threads(),
+            "onnxruntime_threads": onnxruntime_threads or "default (one per physical core)",
+        },
+        "gpu": _gpu_info() if device == "cuda" else None,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "onnxruntime": _version("onnxruntime"),
+            "numpy": numpy.__version__,
+            "dlkit": __version__,
+        },
+        "platform": platform.platform(),
+        "peak_memory": (
+            "torch.cuda.max_memory_allocated during warm-up and measurement"
+            if device == "cuda"
+            else RSS_SCOPE[_can_reset_peak_rss()]
+        ),
+    }
+
+
+def _gpu_info() -> dict[str, Any]:
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {
+        "name": props.name,
+        "memory_bytes": props.total_memory,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "driver": _nvidia_driver(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        # TF32 makes "fp32" convolutions and matmuls faster and less precise: say which ran.
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (package, f"{package}-gpu"):
+        with contextlib.suppress(PackageNotFoundError):
+            return version(name)
+    return None
+
+
+# ------------------------------------------------------------------------------------ memory
+
+RSS_SCOPE = {
+    True: "process peak RSS (VmHWM) from warm-up to the end of measurement, reset before each "
+    "variant; it includes everything resident in the process (interpreter, libraries, the model)",
+    False: "process peak RSS since the process started (ru_maxrss): a high-water mark that "
+    "never falls, so later variants show at least the figure of earlier ones",
+}
+
+
+def _can_reset_peak_rss() -> bool:
+    """Linux ≥ 4.0 resets VmHWM when "5" is written to /proc/self/clear_refs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _vm_hwm() is not None
+
+
+def _vm_hwm() -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as peak: ...`, then `peak.bytes`: the most memory in use inside
+    the block (GPU allocations on CUDA, process RSS on the CPU)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.bytes: int | None = None
+        self._resettable = False
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._resettable = _can_reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self.bytes = int(torch.cuda.max_memory_allocated())
+        elif self._resettable:
+            self.bytes = _vm_hwm()
+        else:
+            # ru_maxrss is in KiB on Linux, bytes on macOS.
+            unit = 1 if sys.platform == "darwin" else 1024
+            self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
