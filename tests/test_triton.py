@@ -341,6 +341,19 @@ def test_measure_serving(served):
         assert 0 < latency["min"] <= latency["p50"] <= latency["p99"]
 
 
+@pytest.mark.slow
+def test_bench_against_the_served_model(served, dlkit):
+    out = dlkit.json(
+        "bench", "--url", served.grpc, "--model", "tiny", "--concurrency", "1,2",
+        "--duration", "0.5", "--batch-sizes", "1",
+    )  # fmt: skip
+    assert [r["concurrency"] for r in out["results"]] == [1, 2]
+    assert all(r["variant"] == "triton:tiny" and r["failures"] == 0 for r in out["results"])
+    assert out["results"][0]["latency_ms"]["p50"] > 0 and "environment" in out
+    result = dlkit("bench", "--url", served.grpc, expect=1)
+    assert "give --model NAME" in result.output
+
+
 def test_unreachable_server_and_bad_urls():
     start = time.monotonic()
     with pytest.raises(DlkitError, match=r"not reachable .* after 2 tries; start it with"):

@@ -19,6 +19,7 @@ import numpy as np
 from toolkit.errors import DlkitError
 
 PERCENTILES = (50, 90, 95, 99)
+LATENCY_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "min")
 
 Step = Callable[[], float]
 

@@ -78,6 +78,24 @@ def _int_list(ctx, param, value: str) -> list[int]:
     help="Seconds of measurement per variant and batch size before reporting it unstable.",
 )
 @click.option("--recheck", is_flag=True, help="Measure the first variant again at the end.")
+@click.option(
+    "--url",
+    help="Benchmark a model served by Triton (HOST:PORT, grpc://… or http://…); --model names it.",
+)
+@click.option(
+    "--concurrency",
+    default="1,4,16",
+    show_default=True,
+    callback=_int_list,
+    help="With --url: concurrent clients.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="With --url: seconds per concurrency level.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option(
     "--report",
@@ -102,6 +120,9 @@ def bench(
     tolerance,
     max_time,
     recheck,
+    url,
+    concurrency,
+    duration,
     as_json,
     report_dir,
 ) -> None:
@@ -118,6 +139,13 @@ def bench(
     from toolkit.bench.run import run_benchmark
     from toolkit.errors import DlkitError
 
+    if url:
+        if not model or artifacts or report_dir:
+            raise DlkitError(
+                "--url benchmarks one served model: give --model NAME (no files, no --report)"
+            )
+        _bench_serving(url, model, concurrency, batch_sizes, duration, as_json)
+        return
     if iters is not None and min_time is not None:
         raise DlkitError("give either --iters or --min-time, not both")
     config = MeasureConfig(
@@ -149,3 +177,33 @@ def bench(
         print_json(report)
     else:
         click.echo(format_table(report))
+
+
+def _bench_serving(url, model, concurrency, batch_sizes, duration, as_json) -> None:
+    """Closed-loop load on a served model: throughput and latency per concurrency level."""
+    from toolkit.bench.environment import describe_environment
+    from toolkit.triton.client import measure_serving
+
+    rows = []
+    for batch_size in batch_sizes:
+        click.echo(f"{model} at {url}, batch {batch_size} ...", err=True)
+        for row in measure_serving(url, model, concurrency, duration, batch_size):
+            rows.append({"variant": f"triton:{model}", "device": "server", **row})
+    if as_json:
+        print_json(
+            {
+                "environment": describe_environment("cpu"),
+                "settings": {"url": url, "model": model, "duration_s": duration},
+                "results": rows,
+            }
+        )
+        return
+    click.echo(
+        f"{'batch':>5} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>10} {'failures':>8}"
+    )
+    for r in rows:
+        lat = r["latency_ms"]
+        click.echo(
+            f"{r['batch_size']:>5} {r['concurrency']:>7} {lat['p50']:>8.3f} {lat['p99']:>8.3f} "
+            f"{r['throughput']:>10.1f} {r['failures']:>8}"
+        )

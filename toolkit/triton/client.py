@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from toolkit.artifact import ArtifactInfo
+from toolkit.bench.harness import LATENCY_KEYS, latency_stats
 from toolkit.errors import DlkitError
 from toolkit.runtime import Runner
 
@@ -486,23 +487,6 @@ class TritonRunner(Runner):
 # ----------------------------------------------------------------------------- load testing
 
 
-def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p95/p99/mean/std/min of request latencies, in milliseconds."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    if ms.size == 0:
-        return {k: float("nan") for k in ("p50", "p90", "p95", "p99", "mean", "std", "min")}
-    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
-    return {
-        "p50": float(p50),
-        "p90": float(p90),
-        "p95": float(p95),
-        "p99": float(p99),
-        "mean": float(ms.mean()),
-        "std": float(ms.std()),
-        "min": float(ms.min()),
-    }
-
-
 def synthetic_batch(served: ServedModel, batch_size: int = 1, seed: int = 0) -> np.ndarray:
     """A batch the model accepts: random normal tensors, or a gray PNG for image models."""
     if served.takes_images:
@@ -575,12 +559,15 @@ def _measure_level(client, model, batch, concurrency, duration, warmup) -> dict[
         t.join()
     # Requests still running at `end` finish late; count the time they really took.
     elapsed = max(time.perf_counter(), end) - begin
-    done = sum(len(lat) for lat in latencies)
+    timings = list(itertools.chain.from_iterable(latencies))
+    done = len(timings)
     return {
         "concurrency": concurrency,
         "batch_size": len(batch),
         "requests": done,
         "failures": sum(failures),
         "throughput": done * len(batch) / elapsed,
-        "latency_ms": latency_stats(list(itertools.chain.from_iterable(latencies))),
+        "latency_ms": latency_stats(timings)
+        if timings
+        else dict.fromkeys(LATENCY_KEYS, float("nan")),
     }
