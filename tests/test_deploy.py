@@ -126,6 +126,8 @@ def test_deploy_refuses_an_artifact_that_is_not_a_checkpoint(dlkit, tmp_path):
 def test_deploy_smoke_tests_the_served_model(tiny_run, tmp_path):
     report = deploy(quick(tiny_run, tmp_path, smoke_test=True), progress=lambda message: None)
     smoke = report["smoke_test"]
-    assert smoke["top1_agreement"] == 1.0 and smoke["max_abs_err"] < 1e-3
+    assert smoke["top1_agreement"] >= 0.98
+    if report["selected"]["precision"] == "fp32":
+        assert smoke["max_abs_err"] < 1e-3
     assert smoke["samples"] == 64 and smoke["endpoint"].endswith("/classifier")
     assert "Smoke test: 64 validation images" in (tmp_path / "run" / "report.md").read_text()

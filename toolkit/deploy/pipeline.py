@@ -422,7 +422,13 @@ def _smoke_test(config: DeployConfig, selected: VariantReport, report: dict[str,
             "max_abs_err": float(np.abs(expected - got).max()),
             "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
         }
-        if result["top1_agreement"] < 1.0 or result["max_abs_err"] > 1e-3:
+        # fp32 must match to rounding. Dynamic int8 scales activations per batch, so a
+        # server that batches differently gives slightly other logits: there only the classes
+        # must agree.
+        exact = selected.precision == "fp32"
+        if result["top1_agreement"] < (1.0 if exact else 0.98) or (
+            exact and result["max_abs_err"] > 1e-3
+        ):
             raise DlkitError(
                 f"the served model disagrees with the local one: {result['max_abs_err']:.3g} "
                 f"max abs error, top-1 agreement {result['top1_agreement']:.3f}"
