@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from toolkit.bench.variants import DEFAULT_VARIANTS, VARIANTS
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 
 def _int_list(ctx, param, value: str) -> list[int]:
@@ -96,7 +96,7 @@ def _int_list(ctx, param, value: str) -> list[int]:
     show_default=True,
     help="With --url: seconds per concurrency level.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @click.option(
     "--report",
     "report_dir",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 
 @click.group()
@@ -15,7 +15,7 @@ def data() -> None:
 @data.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 def digits(out: str, val_fraction: float, as_json: bool) -> None:
     """Write the embedded digits as an ImageFolder of PNGs: OUT/{train,val}/<digit>/*.png.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, max_accuracy_drop_option, print_json
 
 
 @click.command()
@@ -25,14 +25,7 @@ from toolkit.commands.output import print_json
     show_default=True,
     help="Target to optimise for.",
 )
-@click.option(
-    "--max-accuracy-drop",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="POINTS",
-    help="Accuracy budget for every variant.",
-)
+@max_accuracy_drop_option
 @click.option(
     "--objective",
     type=click.Choice(["latency", "throughput"]),
@@ -69,7 +62,7 @@ from toolkit.commands.output import print_json
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Run folder (default runs/deploy-<time>)."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 def deploy(
     checkpoint,
     data,

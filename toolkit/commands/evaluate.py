@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 
 @click.command()
@@ -24,7 +24,7 @@ from toolkit.commands.output import print_json
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 def evaluate(model_path, data, dataset, split, batch_size, device, as_json) -> None:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on labelled images.
 

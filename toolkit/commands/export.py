@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 
 @click.command()
@@ -27,7 +27,7 @@ from toolkit.commands.output import print_json
     "--rtol", type=float, default=1e-3, show_default=True, help="Parity: relative tolerance."
 )
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @click.pass_context
 def export(
     ctx, checkpoint, onnx_, torchscript, out, opset, static_batch, atol, rtol, force, as_json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 
 @click.command()
@@ -72,7 +72,7 @@ from toolkit.commands.output import print_json
     is_flag=True,
     help="Add a preprocessing model and an ensemble that take image files.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 def package(
     artifacts,
     repo,

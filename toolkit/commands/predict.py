@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 
 @click.command()
@@ -29,7 +29,7 @@ from toolkit.commands.output import print_json
     type=click.Choice(["grpc", "http"]),
     help="With --url HOST:PORT: how to talk to it [default: grpc].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 def predict(paths, top_k, device, grid, url, served_model, protocol, as_json) -> None:
     """Classify IMAGE files with MODEL: class names and probabilities.
 

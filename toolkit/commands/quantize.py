@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, max_accuracy_drop_option, print_json
 
 
 @click.command()
@@ -33,21 +33,14 @@ from toolkit.commands.output import print_json
 @click.option(
     "--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales (static)."
 )
-@click.option(
-    "--max-accuracy-drop",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="POINTS",
-    help="Refuse a variant that loses more accuracy (percentage points).",
-)
+@max_accuracy_drop_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
     help="Output file (default: <artifact>.<mode>.onnx beside it).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option
 @click.pass_context
 def quantize(
     ctx,

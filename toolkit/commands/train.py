@@ -6,7 +6,7 @@ import os
 
 import click
 
-from toolkit.commands.output import print_json
+from toolkit.commands.output import json_option, print_json
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -99,7 +99,7 @@ CHOICES = {
     "--out", type=click.Path(file_okay=False), help="Run folder (default runs/<model>-<time>)."
 )
 @click.option("--quiet", is_flag=True, default=None, help="No progress output.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+@json_option
 def train(nproc: int, resume: str | None, as_json: bool, **options) -> None:
     """Train an image classifier; with no data options, on the embedded digits.
 
