@@ -36,7 +36,8 @@ def format_markdown(report: dict[str, Any], variants: list[VariantReport], curve
             f"Selected **{selected['name']}** for {report['config']['objective']}"
             + (f": {speedup:.2f}x eager fp32" if speedup else "")
             + f", accuracy {selected['accuracy']:.4f} "
-            f"(budget: at most {report['config']['max_accuracy_drop']:g} points lost).",
+            f"(budget: at most {report['config']['max_accuracy_drop']:g} percentage points "
+            "lost).",
             "",
         ]
     if variants:
