@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, max_accuracy_drop_option, print_json
+from toolkit.commands.output import json_option, max_accuracy_drop_option, print_json, repo_option
 
 
 @click.command()
@@ -38,9 +38,7 @@ from toolkit.commands.output import json_option, max_accuracy_drop_option, print
     show_default=True,
     help="Latency at the smallest, throughput at the largest.",
 )
-@click.option(
-    "--repo", type=click.Path(file_okay=False), default="model_repository", show_default=True
-)
+@repo_option
 @click.option(
     "--name",
     default="classifier",

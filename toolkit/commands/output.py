@@ -25,3 +25,10 @@ max_accuracy_drop_option = click.option(
     metavar="POINTS",
     help="Refuse a variant that loses more accuracy than this (percentage points).",
 )
+repo_option = click.option(
+    "--repo",
+    type=click.Path(file_okay=False),
+    default="model_repository",
+    show_default=True,
+    help="The Triton model repository.",
+)

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, print_json
+from toolkit.commands.output import json_option, print_json, repo_option
 
 
 @click.command()
 @click.argument(
     "artifacts", metavar="ARTIFACT...", nargs=-1, required=True, type=click.Path(dir_okay=False)
 )
-@click.option(
-    "--repo",
-    type=click.Path(file_okay=False),
-    default="model_repository",
-    show_default=True,
-    help="Triton model repository to write into.",
-)
+@repo_option
 @click.option("--name", help="Model name (default: the artifact's file stem).")
 @click.option("--version", type=int, help="Version number (default: the next free one).")
 @click.option(

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import click
 
+from toolkit.commands.output import repo_option
+
 
 @click.command()
-@click.option(
-    "--repo",
-    type=click.Path(file_okay=False),
-    default="model_repository",
-    show_default=True,
-    help="Triton model repository (see `dlkit package`).",
-)
+@repo_option
 @click.option(
     "--host",
     default="127.0.0.1",
