@@ -12,7 +12,6 @@ on a ~1 ms matmul (goal: within 5%).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from toolkit.bench.harness import MeasureConfig, compare_with_torch_timer
 from toolkit.bench.report import format_table, write_report
 from toolkit.bench.run import run_benchmark
+from toolkit.log import configure_logging, logger
 
 
 def harness_check() -> dict:
@@ -55,9 +55,7 @@ def main() -> None:
         config = MeasureConfig(warmup=3, min_time=0.5, min_window_iters=3, max_time=20.0)
         out = args.out or Path(__file__).parent / "results"
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
+    configure_logging()
     check = harness_check()
     report = run_benchmark(
         model="resnet18",
@@ -68,12 +66,11 @@ def main() -> None:
         batch_sizes=[1, 2] if args.quick else [1, 32],
         config=config,
         recheck=True,
-        progress=progress,
     )
-    report["command"] = "python benchmarks/cpu_variants.py" + (" --quick" if args.quick else "")
-    report["harness_check"] = check
+    report.command = "python benchmarks/cpu_variants.py" + (" --quick" if args.quick else "")
+    report.extra["harness_check"] = check
     for path in write_report(report, out, stem="cpu_variants"):
-        progress(f"wrote {path}")
+        logger.info("wrote %s", path)
     print(format_table(report))
 
 

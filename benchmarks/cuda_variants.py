@@ -14,13 +14,13 @@ channels_last (eager-amp-cl) at batch 256 at least 2x the throughput of eager fp
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 from toolkit.bench.harness import MeasureConfig
 from toolkit.bench.report import format_table, write_report
 from toolkit.bench.run import run_benchmark
+from toolkit.log import configure_logging, logger
 
 
 def goal(text: str, value: float | None, target: float, why: str = "") -> dict:
@@ -28,23 +28,21 @@ def goal(text: str, value: float | None, target: float, why: str = "") -> dict:
     return {"goal": text, "value": value, "target": target, "passed": passed, "why": why}
 
 
-def goals(rows: list[dict]) -> list[dict]:
-    def row(variant: str, batch_size: int) -> dict | None:
-        return next(
-            (r for r in rows if (r["variant"], r["batch_size"]) == (variant, batch_size)), None
-        )
+def goals(rows: list) -> list[dict]:
+    def row(variant: str, batch_size: int):
+        return next((r for r in rows if (r.variant, r.batch_size) == (variant, batch_size)), None)
 
-    def throughput(r: dict) -> float:
-        return r.get("device_throughput", r["throughput"])
+    def throughput(r) -> float:
+        return r.best_throughput
 
-    at_1 = [r for r in rows if r["batch_size"] == 1 and r["speedup_vs_eager_fp32"] is not None]
-    best = max(at_1, key=lambda r: r["speedup_vs_eager_fp32"], default=None)
+    at_1 = [r for r in rows if r.batch_size == 1 and r.speedup_vs_eager_fp32 is not None]
+    best = max(at_1, key=lambda r: r.speedup_vs_eager_fp32, default=None)
     fp32, fp16 = row("eager-fp32", 256), row("eager-amp-cl", 256)
     return [
         goal(
             "best variant at batch 1 at least 4x faster than eager fp32"
-            + (f" ({best['variant']})" if best else ""),
-            best["speedup_vs_eager_fp32"] if best else None,
+            + (f" ({best.variant})" if best else ""),
+            best.speedup_vs_eager_fp32 if best else None,
             4.0,
             "no batch-1 rows with eager fp32",
         ),
@@ -74,9 +72,7 @@ def main() -> None:
         config = MeasureConfig(warmup=20, min_time=0.5, max_time=20.0)
         out = args.out or Path(__file__).parent / "results"
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
+    configure_logging()
     report = run_benchmark(
         model="resnet18",
         image_size=224,
@@ -86,17 +82,16 @@ def main() -> None:
         batch_sizes=[1, 2] if args.quick else [1, 256],
         config=config,
         recheck=True,
-        progress=progress,
     )
-    report["command"] = "python benchmarks/cuda_variants.py" + (" --quick" if args.quick else "")
-    report["goals"] = goals(report["results"])
-    gpu = report["environment"]["gpu"]
-    progress(f"GPU: {gpu['name'] if gpu else 'none (dry run on the CPU)'}")
+    report.command = "python benchmarks/cuda_variants.py" + (" --quick" if args.quick else "")
+    report.goals = goals(report.results)
+    gpu = report.environment["gpu"]
+    logger.info("GPU: %s", gpu["name"] if gpu else "none (dry run on the CPU)")
     try:
         for path in write_report(report, out, stem="cuda_variants"):
-            progress(f"wrote {path}")
+            logger.info("wrote %s", path)
     except ImportError as exc:  # matplotlib missing: the JSON and Markdown are already written
-        progress(f"wrote {out}/cuda_variants.json and .md; no PNG ({exc})")
+        logger.info("wrote %s/cuda_variants.json and .md; no PNG (%s)", out, exc)
     print(format_table(report))
 
 

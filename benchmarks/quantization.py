@@ -11,19 +11,19 @@ fp32, and its file at most 30% of the fp32 file. Writes results/quantization.{js
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from toolkit.artifact import ArtifactInfo, DataSource, Preprocessing
+from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
 from toolkit.bench.harness import MeasureConfig
 from toolkit.bench.run import run_benchmark
-from toolkit.export import export_model
-from toolkit.models import create_model
-from toolkit.quantize import cpu_features, int8_types, quantize_static_onnx
+from toolkit.log import configure_logging
+from toolkit.training.models import create_model
+from toolkit.variants.export import export_model
+from toolkit.variants.quantize import cpu_features, int8_types, quantize_onnx
 
 VARIANTS = ["eager-fp32", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "torch-int8-pt2e"]
 
@@ -42,7 +42,7 @@ def file_sizes() -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         (fp32,) = export_model(model.eval(), info, tmp, "resnet18", ("onnx",))
         int8 = Path(tmp) / "resnet18.int8-static.onnx"
-        quantize_static_onnx(fp32.path, int8, calibration)
+        quantize_onnx(fp32.path, int8, "static", calibration)
         return {
             "onnx_fp32": Path(fp32.path).stat().st_size,
             "onnx_int8_static": int8.stat().st_size,
@@ -51,6 +51,7 @@ def file_sizes() -> dict[str, int]:
 
 def main() -> None:
     out = Path(__file__).parent / "results"
+    configure_logging()
     sizes = file_sizes()
     report = run_benchmark(
         model="resnet18",
@@ -60,10 +61,9 @@ def main() -> None:
         device="cpu",
         batch_sizes=[1],
         config=MeasureConfig(warmup=5, min_time=1.0, max_time=20.0),
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
-    p50 = {row["variant"]: row["latency_ms"]["p50"] for row in report["results"]}
-    spread = {row["variant"]: row["stability"] for row in report["results"]}
+    p50 = {row.variant: row.latency_ms["p50"] for row in report.results}
+    spread = {row.variant: row.stability for row in report.results}
     eager = p50["eager-fp32"]
     speedups = {name: eager / value for name, value in p50.items()}
     size_ratio = sizes["onnx_int8_static"] / sizes["onnx_fp32"]
@@ -80,8 +80,8 @@ def main() -> None:
             "onnx_int8_static_speedup_at_least_3x": speedups.get("onnx-int8-static", 0) >= 3,
             "onnx_int8_static_size_at_most_30_percent": size_ratio <= 0.30,
         },
-        "skipped": report["skipped"],
-        "bench": report,
+        "skipped": [s.to_dict() for s in report.skipped],
+        "bench": report.to_dict(),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "quantization.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -90,7 +90,7 @@ def main() -> None:
         "# Quantization: ResNet-18, 224×224, batch 1, CPU",
         "",
         f"`{result['command']}` on {features.model} ({', '.join(flags) or 'no AVX2'}; "
-        f"{report['environment']['cpu']['torch_threads']} torch threads). int8 types: "
+        f"{report.environment['cpu']['torch_threads']} torch threads). int8 types: "
         f"{result['int8_types']['activation']} activations × {result['int8_types']['weight']} "
         f"weights, reduce_range={result['int8_types']['reduce_range']} "
         f"({result['int8_types']['why']}).",
@@ -111,7 +111,7 @@ def main() -> None:
         f"Goals: static int8 ≥ 3x eager fp32 — {speedups.get('onnx-int8-static', 0):.2f}x; "
         f"int8 file ≤ 30% of fp32 — {size_ratio:.0%}.",
     ]
-    lines += [f"\nSkipped: {s['variant']}: {s['reason']}" for s in report["skipped"]]
+    lines += [f"\nSkipped: {s.text()}" for s in report.skipped]
     (out / "quantization.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -25,12 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.artifact import ArtifactInfo, DataSource, Preprocessing
-from toolkit.export import export_model
-from toolkit.models import create_model
-from toolkit.triton.client import TritonClient, latency_stats, measure_serving
+from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
+from toolkit.bench.harness import latency_stats
+from toolkit.bench.load import measure_serving
+from toolkit.training.models import create_model
+from toolkit.triton.client import TritonClient
+from toolkit.triton.configs import ServingOptions
 from toolkit.triton.repository import PackageOptions, package_artifact
 from toolkit.triton.server import TritonServer, free_port
+from toolkit.variants.export import export_model
 
 MODEL, IMAGE_SIZE, CHANNELS, CLASSES = "smallresnet", 32, 1, 10
 
@@ -45,9 +48,8 @@ def build_repository(root: Path, max_batch_size: int, queue_delay_us: int) -> Pa
         source=DataSource(dataset=None, data=str(root / "none")),  # parity on random inputs
     )
     [onnx] = export_model(model, info, root / "export", MODEL, formats=("onnx",))
-    options = PackageOptions(
-        backend="python", max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us
-    )
+    serving = ServingOptions(max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us)
+    options = PackageOptions(backend="python", serving=serving)
     package_artifact(onnx.path, root / "repo", MODEL, options=options)
     return root / "repo"
 
@@ -106,9 +108,12 @@ def main() -> None:
         ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
         with TritonServer(repo, **ports) as server:
             overhead = raw_vs_wrapper(server.grpc_url, args.rounds, args.requests)
-            levels = measure_serving(
-                server.grpc_url, MODEL, (1, 16), duration=args.duration, warmup=2.0
-            )
+            levels = [
+                level.to_dict()
+                for level in measure_serving(
+                    server.grpc_url, MODEL, (1, 16), duration=args.duration, warmup=2.0
+                )
+            ]
     speedup = levels[1]["throughput"] / levels[0]["throughput"]
     command = "python benchmarks/serving.py " + " ".join(sys.argv[1:])
     result = {

@@ -27,7 +27,7 @@ from toolkit.training.trainer import Trainer
 def build(config: TrainConfig):
     """Model, optimizer and loaders exactly as `dlkit train` builds them."""
     from toolkit.data import create_loader, load_splits
-    from toolkit.models import create_model
+    from toolkit.training.models import create_model
     from toolkit.training.optim import create_optimizer
 
     torch.manual_seed(config.seed)

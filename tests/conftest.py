@@ -1,17 +1,49 @@
-"""Shared fixtures: a CLI runner, the digits as a real image folder, and a tiny trained run."""
+"""Shared fixtures: a CLI runner, factories for artifacts and image folders, the digits as a
+real image folder, an untrained digits checkpoint (fast tests train nothing) and a tiny
+trained run (for slow tests that need a model that has learnt something).
+
+Factories are fixtures that return a function (`make_info`, `make_model`, `make_checkpoint`,
+`make_folder`), so test modules never import from each other."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
+from PIL import Image
 
+from toolkit.artifacts.checkpoint import save_checkpoint
+from toolkit.artifacts.metadata import ArtifactInfo, DataSource, ModelSpec, Preprocessing
 from toolkit.cli import cli
+from toolkit.training.models import create_model
+
+# One intra-op thread: on a shared 2-core machine torch's default two threads fight other
+# work and a test's training can take 10x longer.
+torch.set_num_threads(1)
 
 # Small and fast: an MLP on 16×16 digits trains to ~90% in a couple of seconds.
 TINY = ["--model", "simplenet", "--image-size", "16", "--batch-size", "128", "--quiet"]
+
+
+# Fixtures that train a model: only tests marked slow may use them, so `-m "not slow"`
+# trains nothing.
+TRAINING_FIXTURES = {"tiny_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: skipped (with the reason) where there is none. A fast
+    test that asks for a trained model is a mistake in the suite: refused at collection."""
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip)
+        trains = TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if trains and "slow" not in item.keywords:
+            raise pytest.UsageError(f"{item.nodeid} uses {trains} (it trains) but is not slow")
 
 
 class Cli:
@@ -36,6 +68,78 @@ def dlkit() -> Cli:
     return Cli()
 
 
+def _info(
+    name: str = "smallresnet",
+    channels: int = 3,
+    size: int = 32,
+    classes: int = 5,
+    source: DataSource | None = None,
+) -> ArtifactInfo:
+    """Metadata for a model without data on this machine (parity checks use random inputs).
+    Classes are c0, c1, ...; on the digits, "0" to "9" as the dataset names them."""
+    digits = source is not None and source.dataset == "digits"
+    return ArtifactInfo(
+        classes=tuple(str(i) if digits else f"c{i}" for i in range(classes)),
+        preprocessing=Preprocessing.default(channels, size),
+        model=ModelSpec(name, {}),
+        source=source or DataSource(dataset=None, data="/nonexistent"),
+    )
+
+
+def _model(name: str = "smallresnet", channels: int = 3, size: int = 32, classes: int = 5):
+    """A seeded untrained model and its metadata (the spec filled in)."""
+    torch.manual_seed(0)
+    model, spec = create_model(name, classes, channels, size)
+    return model.eval(), _info(name, channels, size, classes).derive(model=spec)
+
+
+def _checkpoint(path: Path, name="smallresnet", channels=3, size=32, classes=5, source=None):
+    """An untrained dlkit checkpoint at `path` (optionally pointing at real data)."""
+    model, info = _model(name, channels, size, classes)
+    info = _info(name, channels, size, classes, source).derive(model=info.model)
+    save_checkpoint({"info": info.to_dict(), "model_state": model.state_dict()}, path)
+    return path
+
+
+def _folder(root: Path, classes=("cat", "dog"), per_class=5, size=(20, 24), mode="RGB") -> Path:
+    """An image folder `root/<class>/<i>.png` of random pictures."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            shape = (*size[::-1], 3) if mode == "RGB" else size[::-1]
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
+                root / name / f"{i}.png"
+            )
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_info():
+    return _info
+
+
+@pytest.fixture(scope="session")
+def make_model():
+    return _model
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    return _checkpoint
+
+
+@pytest.fixture(scope="session")
+def make_folder():
+    return _folder
+
+
+@pytest.fixture(scope="session")
+def tiny_args() -> list[str]:
+    """`dlkit train` options for a model that trains in seconds."""
+    return list(TINY)
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     from toolkit.data import write_digits_folder
@@ -43,6 +147,15 @@ def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "digits"
     write_digits_folder(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory) -> Path:
+    """An untrained simplenet on the embedded digits at 16 px, grayscale: a real checkpoint
+    with real validation data, made without training."""
+    folder = tmp_path_factory.mktemp("untrained")
+    source = DataSource(dataset="digits")
+    return _checkpoint(folder / "digits.pt", "simplenet", 1, 16, 10, source)
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,9 @@ def test_help_of_every_command_does_not_import_torch():
 
 
 def test_top_level_help_lists_every_command(dlkit):
-    result = dlkit("--help")
-    for name in COMMANDS:
-        assert name in result.output
+    text = dlkit("--help").output
+    listed = [line.split()[0] for line in text.partition("Commands:")[2].splitlines() if line]
+    assert listed == list(COMMANDS)
 
 
 def test_version(dlkit):
@@ -44,6 +44,14 @@ def test_version(dlkit):
 def test_user_error_is_one_line_without_traceback(dlkit, tmp_path):
     result = dlkit("eval", tmp_path / "missing.pt", expect=1)
     assert result.output == f"Error: model file not found: {tmp_path / 'missing.pt'}\n"
+
+
+def test_progress_goes_to_stderr_and_json_keeps_it_quiet(dlkit, digits_checkpoint, tmp_path):
+    plain = dlkit("export", digits_checkpoint, "--onnx", "--out", tmp_path / "a")
+    assert "onnx" in plain.stdout
+    quiet = dlkit("export", digits_checkpoint, "--onnx", "--out", tmp_path / "b", "--json")
+    assert quiet.stderr == ""
+    assert quiet.stdout.lstrip().startswith("{")
 
 
 @pytest.mark.slow

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from toolkit.artifact import DataSource, Preprocessing
+from toolkit.artifacts.metadata import DataSource, Preprocessing
 from toolkit.data import (
     ArrayDataset,
     Augmentation,
@@ -22,18 +21,6 @@ from toolkit.data import (
     write_digits_folder,
 )
 from toolkit.errors import DlkitError
-
-
-def make_folder(root, classes=("cat", "dog"), per_class=5, size=(20, 24), mode="RGB"):
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            shape = (*size[::-1], 3) if mode == "RGB" else size[::-1]
-            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
-                root / name / f"{i}.png"
-            )
-    return root
 
 
 def test_digits_are_upscaled_uint8_with_ten_classes():
@@ -53,7 +40,7 @@ def test_stratified_split_is_deterministic_and_per_class():
     assert np.bincount(labels[val]).tolist() == [5, 5, 5, 5]
 
 
-def test_image_folder_single_folder_is_split(tmp_path):
+def test_image_folder_single_folder_is_split(tmp_path, make_folder):
     make_folder(tmp_path / "data", per_class=10)
     pre = Preprocessing.default(3, 16, crop_pct=0.875)
     splits = load_splits(DataSource(None, str(tmp_path / "data")), pre, Augmentation())
@@ -63,7 +50,7 @@ def test_image_folder_single_folder_is_split(tmp_path):
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y in (0, 1)
 
 
-def test_image_folder_with_train_and_val(tmp_path):
+def test_image_folder_with_train_and_val(tmp_path, make_folder):
     make_folder(tmp_path / "d" / "train", per_class=4)
     make_folder(tmp_path / "d" / "val", per_class=2)
     splits = load_splits(DataSource(None, str(tmp_path / "d")), Preprocessing.default(1, 8))
@@ -86,7 +73,7 @@ def test_bad_folders_say_what_is_wrong(tmp_path, setup, message):
         scan_image_folder(root)
 
 
-def test_corrupt_image_is_named(tmp_path):
+def test_corrupt_image_is_named(tmp_path, make_folder):
     root = make_folder(tmp_path / "data", per_class=3)
     bad = root / "dog" / "1.png"
     bad.write_bytes(bad.read_bytes()[:40])  # truncated

@@ -9,12 +9,13 @@ import pytest
 
 from toolkit.deploy import DeployConfig, VariantReport, deploy, select_variant
 from toolkit.errors import DlkitError
+from toolkit.variants.gate import Gate
 
 
 def variant(name, simplicity, p50, throughput, gate="passed", servable=True):
     return VariantReport(
-        name, "onnx", "fp32", simplicity, path=f"{name}.onnx", servable=servable, gate=gate,
-        latency_ms={"p50": p50, "p99": p50 * 2}, throughput=throughput,
+        name, "onnx", "fp32", simplicity, path=f"{name}.onnx", servable=servable,
+        gate=Gate.parse(gate), latency_ms={"p50": p50, "p99": p50 * 2}, throughput=throughput,
     )  # fmt: skip
 
 
@@ -58,7 +59,7 @@ def quick(tiny_run, tmp_path, **options) -> DeployConfig:
 
 @pytest.mark.slow
 def test_deploy_packages_the_selected_variant_and_reuses_on_rerun(tiny_run, tmp_path):
-    first = deploy(quick(tiny_run, tmp_path), progress=lambda message: None)
+    first = deploy(quick(tiny_run, tmp_path)).to_dict()
     names = {v["name"]: v for v in first["variants"]}
     assert set(names) == {
         "eager-fp32",
@@ -78,7 +79,7 @@ def test_deploy_packages_the_selected_variant_and_reuses_on_rerun(tiny_run, tmp_
     assert "| onnx-int8-static" in (run / "report.md").read_text()
     assert not any(v["reused"] for v in first["variants"])
 
-    second = deploy(quick(tiny_run, tmp_path), progress=lambda message: None)
+    second = deploy(quick(tiny_run, tmp_path)).to_dict()
     reused = {v["name"]: v["reused"] for v in second["variants"]}
     assert all(reused[n] for n in ("onnx-fp32", "torchscript-fp32", "onnx-int8-static"))
     assert second["stage_seconds"]["export"] < first["stage_seconds"]["export"]
@@ -86,22 +87,18 @@ def test_deploy_packages_the_selected_variant_and_reuses_on_rerun(tiny_run, tmp_
 
 
 @pytest.mark.slow
-def test_a_failing_stage_leaves_the_repository_untouched(tiny_run, tmp_path, dlkit):
+def test_a_failing_stage_leaves_the_repository_untouched(tiny_run, tmp_path, make_model):
     # A model called "classifier" that takes other inputs is already being served.
-    from tests.test_export import info_for
-    from toolkit.export import export_model
-    from toolkit.models import create_model
     from toolkit.triton.repository import package_artifact
+    from toolkit.variants.export import export_model
 
-    model, spec = create_model("smallresnet", 3, 3, 24)
-    export_model(
-        model, info_for("smallresnet", 3, 24, 3).derive(model=spec), tmp_path, "other", ("onnx",)
-    )
+    model, info = make_model("smallresnet", 3, 24, 3)
+    export_model(model, info, tmp_path, "other", ("onnx",))
     package_artifact(tmp_path / "other.onnx", tmp_path / "repo", "classifier")
     before = snapshot(tmp_path / "repo")
 
     with pytest.raises(DlkitError, match=r"deploy failed at stage 'package'.*was not changed"):
-        deploy(quick(tiny_run, tmp_path), progress=lambda message: None)
+        deploy(quick(tiny_run, tmp_path))
     assert snapshot(tmp_path / "repo") == before
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["failed_stage"] == "package" and report["error"]
@@ -124,7 +121,7 @@ def test_deploy_refuses_an_artifact_that_is_not_a_checkpoint(dlkit, tmp_path):
 
 @pytest.mark.slow
 def test_deploy_smoke_tests_the_served_model(tiny_run, tmp_path):
-    report = deploy(quick(tiny_run, tmp_path, smoke_test=True), progress=lambda message: None)
+    report = deploy(quick(tiny_run, tmp_path, smoke_test=True)).to_dict()
     smoke = report["smoke_test"]
     assert smoke["top1_agreement"] >= 0.98
     if report["selected"]["precision"] == "fp32":

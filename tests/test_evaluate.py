@@ -57,13 +57,34 @@ def test_predict_prints_classes_and_saves_a_grid(dlkit, tiny_run, digits_dir, tm
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_predict_bad_inputs(dlkit, tiny_run, tmp_path):
+def test_predict_bad_inputs(dlkit, digits_checkpoint, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
-    result = dlkit("predict", tiny_run["best_checkpoint"], bad, expect=1)
+    result = dlkit("predict", digits_checkpoint, bad, expect=1)
     assert (
         result.output
         == f"Error: corrupt or unreadable image: {bad} (cannot identify image file '{bad}')\n"
     )
-    result = dlkit("predict", tiny_run["best_checkpoint"], tmp_path / "none.png", expect=1)
-    assert "image not found" in result.output
+    result = dlkit("predict", digits_checkpoint, tmp_path / "none.png", expect=1)
+    assert (
+        result.output
+        == f"Error: image not found: {tmp_path / 'none.png'} (no file, folder or glob match)\n"
+    )
+
+
+def test_predict_takes_folders_and_globs(dlkit, digits_checkpoint, digits_dir):
+    folder = digits_dir / "val" / "3"
+    from_folder = dlkit.json("predict", digits_checkpoint, folder)["predictions"]
+    from_glob = dlkit.json("predict", digits_checkpoint, f"{folder}/*.png")["predictions"]
+    expected = sorted(str(p) for p in folder.glob("*.png"))
+    assert [p["image"] for p in from_folder] == expected
+    assert [p["image"] for p in from_glob] == expected
+
+
+def test_a_decompression_bomb_is_one_clear_error(dlkit, digits_checkpoint, tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 400 MP, a few KB on disk
+    result = dlkit("predict", digits_checkpoint, bomb, expect=1)
+    assert result.output.startswith(f"Error: image too large: {bomb}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.artifact import ArtifactInfo, DataSource, ModelSpec, Preprocessing, read_artifact_info
+from toolkit.artifacts import open_runner
+from toolkit.artifacts import read_info as read_artifact_info
+from toolkit.artifacts.checkpoint import EagerRunner
 from toolkit.errors import DlkitError
-from toolkit.export import export_model, parity_batches, verify_parity
-from toolkit.models import BACKBONES, create_model
-from toolkit.runtime import EagerRunner, open_runner
-
-
-def info_for(name: str, channels: int = 3, size: int = 32, classes: int = 5) -> ArtifactInfo:
-    return ArtifactInfo(
-        classes=tuple(f"c{i}" for i in range(classes)),
-        preprocessing=Preprocessing.default(channels, size),
-        model=ModelSpec(name, {}),
-        source=DataSource(dataset=None, data="/nonexistent"),  # parity falls back to random inputs
-    )
+from toolkit.training.models import BACKBONES
+from toolkit.variants.export import export_model
+from toolkit.variants.parity import parity_batches, verify_parity
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["simplenet", "smallresnet", *BACKBONES])
-def test_every_family_exports_to_both_formats_and_passes_parity(name, tmp_path):
-    torch.manual_seed(0)
-    model, _ = create_model(name, 5, 3, 32)
-    info = info_for(name)
+def test_every_family_exports_to_both_formats_and_passes_parity(name, tmp_path, make_model):
+    model, info = make_model(name, 3, 32, 5)
     results = export_model(model, info, tmp_path, name)
     assert [r.format for r in results] == ["onnx", "torchscript"]
     for r in results:
@@ -56,10 +48,13 @@ def test_every_family_exports_to_both_formats_and_passes_parity(name, tmp_path):
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     """The tiny digits checkpoint exported to both formats (CLI, --json)."""
-    from tests.conftest import Cli
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
 
     out = tmp_path_factory.mktemp("export")
-    result = Cli().json("export", tiny_run["best_checkpoint"], "--out", out)
+    args = ["export", tiny_run["best_checkpoint"], "--out", str(out), "--json"]
+    result = json.loads(CliRunner().invoke(cli, args, catch_exceptions=False).stdout)
     return {a["format"]: a for a in result["artifacts"]}
 
 
@@ -113,10 +108,8 @@ def test_torchscript_loads_without_dlkit(exported, tmp_path):
     assert out.stdout.strip() == "(3, 10)"
 
 
-def test_tampered_artifact_fails_the_gate(tmp_path):
-    torch.manual_seed(0)
-    model, _ = create_model("smallresnet", 5, 3, 32)
-    info = info_for("smallresnet")
+def test_tampered_artifact_fails_the_gate(tmp_path, make_model):
+    model, info = make_model("smallresnet", 3, 32, 5)
     [result] = export_model(model, info, tmp_path, "m", formats=("onnx",))
     proto = onnx.load(result.path)
     weight = next(t for t in proto.graph.initializer if t.dims and len(t.dims) == 2)
@@ -143,8 +136,8 @@ class NoisyNet(nn.Module):
         return self.fc(x.flatten(1)) + torch.rand_like(self.fc.bias)
 
 
-def test_failed_parity_keeps_nothing_and_says_by_how_much(tmp_path):
-    info = info_for("noisy", size=8, classes=4)
+def test_failed_parity_keeps_nothing_and_says_by_how_much(tmp_path, make_info):
+    info = make_info("noisy", size=8, classes=4)
     results = export_model(NoisyNet(), info, tmp_path, "noisy")
     assert [r.kept for r in results] == [False, False]
     assert all(r.parity.max_abs_err > 1e-3 for r in results)
@@ -159,8 +152,8 @@ class EigNet(nn.Module):
         return torch.linalg.eigvals(pairs).real.reshape(x.shape[0], -1)
 
 
-def test_unexportable_model_names_the_failure_and_suggests_the_other_format(tmp_path):
-    info = info_for("eignet", size=8, classes=2)
+def test_unexportable_model_names_the_failure_and_suggests_the_other_format(tmp_path, make_info):
+    info = make_info("eignet", size=8, classes=2)
     with pytest.raises(
         DlkitError, match=r"ONNX export of eignet failed: .*aten\.linalg_eig.*--torchscript"
     ):
@@ -184,14 +177,8 @@ def test_export_refuses_to_overwrite_and_static_batch(dlkit, tiny_run, exported,
         open_runner(artifact["path"])(np.zeros((2, 1, 16, 16), np.float32))
 
 
-def test_strict_tolerances_fail_on_the_cli_with_exit_1(dlkit, tmp_path):
-    torch.manual_seed(0)
-    model, spec = create_model("smallresnet", 3, 1, 16)
-    info = info_for("smallresnet", channels=1, size=16, classes=3)
-    info = ArtifactInfo(**{**info.__dict__, "model": spec})
-    from toolkit.training.checkpoint import save_checkpoint
-
-    save_checkpoint({"info": info.to_dict(), "model_state": model.state_dict()}, tmp_path / "m.pt")
+def test_strict_tolerances_fail_on_the_cli_with_exit_1(dlkit, tmp_path, make_checkpoint):
+    make_checkpoint(tmp_path / "m.pt", "smallresnet", 1, 16, 3)
     result = dlkit(
         "export", tmp_path / "m.pt", "--onnx", "--atol", "0", "--rtol", "0", "--json", expect=1
     )
@@ -199,8 +186,41 @@ def test_strict_tolerances_fail_on_the_cli_with_exit_1(dlkit, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_unwritable_output_folder(dlkit, tiny_run, tmp_path):
+def test_unwritable_output_folder(dlkit, digits_checkpoint, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = dlkit("export", tiny_run["best_checkpoint"], "--out", blocker / "sub", expect=1)
+    result = dlkit("export", digits_checkpoint, "--out", blocker / "sub", expect=1)
     assert result.output.startswith("Error: cannot create folder")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--opset", "1"],
+        ["--atol", "nan"],
+        ["--rtol", "nan"],
+        ["--atol", "-1"],
+        ["--static-batch", "0"],
+    ],
+)
+def test_numeric_options_are_checked_where_they_are_parsed(
+    dlkit, digits_checkpoint, tmp_path, args
+):
+    result = dlkit("export", digits_checkpoint, "--out", tmp_path, *args, expect=2)
+    assert "Invalid value" in result.output and args[0] in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reported_opset_is_the_files(dlkit, digits_checkpoint, tmp_path):
+    out = dlkit.json("export", digits_checkpoint, "--onnx", "--out", tmp_path, "--opset", "20")
+    [artifact] = out["artifacts"]
+    assert artifact["opset"] == onnx.load(artifact["path"]).opset_import[0].version
+
+
+def test_parity_falls_back_to_random_inputs_with_a_warning(make_info, caplog):
+    from toolkit.artifacts.metadata import DataSource
+
+    info = make_info(source=DataSource(dataset=None, data="/gone/photos"))
+    _, kind = parity_batches(info)
+    assert kind == "random"
+    assert "/gone/photos" in caplog.text and "random inputs" in caplog.text

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.errors import DlkitError
-from toolkit.losses import FocalLoss, create_loss
+from toolkit.training.losses import FocalLoss, create_loss
 
 
 @pytest.fixture

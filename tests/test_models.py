@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from toolkit.artifacts.checkpoint import read_state_dict
 from toolkit.errors import DlkitError
-from toolkit.models import BACKBONES, SimpleNet, SmallResNet, build_model, create_model
+from toolkit.training.models import (
+    BACKBONES,
+    ResidualBlock,
+    SimpleNet,
+    SmallResNet,
+    build_model,
+    create_model,
+)
 
 
 @pytest.mark.parametrize("name", ["simplenet", "smallresnet", *BACKBONES])
@@ -27,8 +35,6 @@ def test_every_family_builds_and_rebuilds_from_its_spec(name, channels):
 def test_simplenet_and_residual_block_shapes():
     assert isinstance(create_model("simplenet", 10, 1, 8)[0], SimpleNet)
     assert isinstance(create_model("smallresnet", 10, 1)[0], SmallResNet)
-    from toolkit.models import ResidualBlock
-
     assert ResidualBlock(4, 8, stride=2)(torch.randn(1, 4, 16, 16)).shape == (1, 8, 8, 8)
 
 
@@ -76,15 +82,31 @@ def test_weights_from_a_local_backbone_or_finished_model(tmp_path):
 
     backbone = torchvision.models.resnet18()
     torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
-    model, _ = create_model("resnet18", 3, weights=tmp_path / "backbone.pt")
+    model, _ = create_model("resnet18", 3, weights=read_state_dict(tmp_path / "backbone.pt"))
     assert torch.equal(model.layer1[0].conv1.weight, backbone.layer1[0].conv1.weight)
     assert model.fc.out_features == 3
 
     torch.save(model.state_dict(), tmp_path / "finished.pt")
-    again, _ = create_model("resnet18", 3, weights=tmp_path / "finished.pt")
+    again, _ = create_model("resnet18", 3, weights=read_state_dict(tmp_path / "finished.pt"))
     assert torch.equal(again.fc.weight, model.fc.weight)
 
     with pytest.raises(DlkitError, match="do not fit"):
-        create_model("resnet34", 3, weights=tmp_path / "finished.pt")
+        create_model("resnet34", 3, weights=read_state_dict(tmp_path / "finished.pt"))
     with pytest.raises(DlkitError, match="not found"):
-        create_model("simplenet", 3, weights=tmp_path / "nothing.pt")
+        read_state_dict(tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"in_channels": 1, "num_classes": 0}, "num_classes must be"),
+        ({"in_channels": 7, "num_classes": 3}, "in_channels must be"),
+        ({"in_channels": 1, "num_classes": 10**9}, "num_classes must be"),
+        ({"in_channels": 1, "num_classes": 3, "bogus": 1}, "cannot build"),
+    ],
+)
+def test_absurd_specs_are_refused_before_allocating(kwargs, message):
+    from toolkit.artifacts.metadata import ModelSpec
+
+    with pytest.raises(DlkitError, match=message):
+        build_model(ModelSpec("smallresnet", kwargs))

@@ -7,6 +7,7 @@ preprocessing ensemble) and TorchScript; the restart test runs last because it r
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import signal
 import subprocess
@@ -21,12 +22,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tests.conftest import Cli
+from toolkit.artifacts import open_runner
+from toolkit.bench.load import measure_serving
+from toolkit.data import preprocess_images
 from toolkit.errors import DlkitError
-from toolkit.evaluate import load_images
-from toolkit.runtime import open_runner
-from toolkit.triton.client import TritonClient, measure_serving
-from toolkit.triton.repository import PackageOptions, package_artifact, read_config
+from toolkit.triton.client import TritonClient
+from toolkit.triton.configs import ServingOptions, read_config
+from toolkit.triton.repository import PackageOptions, package_artifact
 from toolkit.triton.server import TritonServer, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -38,8 +40,13 @@ START_TIMEOUT = 300  # stubs import torch; a busy 2-core machine needs time
 @pytest.fixture(scope="module")
 def artifacts(tiny_run, tmp_path_factory) -> dict[str, str]:
     """The tiny digits checkpoint exported to ONNX and TorchScript."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
     out = tmp_path_factory.mktemp("triton-export")
-    result = Cli().json("export", tiny_run["best_checkpoint"], "--out", out)
+    args = ["export", tiny_run["best_checkpoint"], "--out", str(out), "--json"]
+    result = json.loads(CliRunner().invoke(cli, args, catch_exceptions=False).stdout)
     return {a["format"]: a["path"] for a in result["artifacts"]}
 
 
@@ -69,7 +76,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(artifacts, tmp_path_factory):
     repo = tmp_path_factory.mktemp("triton") / "model_repository"
-    python = PackageOptions(backend="python", max_queue_delay_us=500)
+    python = PackageOptions(backend="python", serving=ServingOptions(max_queue_delay_us=500))
     with_images = dataclasses.replace(python, preprocess=True)
     package_artifact(artifacts["onnx"], repo, "tiny", options=with_images)
     package_artifact(artifacts["torchscript"], repo, "tiny_ts", options=python)
@@ -92,7 +99,7 @@ def _parse(path: Path) -> mc.ModelConfig:
 
 @pytest.mark.slow
 def test_native_configs_parse_back_through_the_protobuf(artifacts, tiny_run, tmp_path):
-    from toolkit.export import export_checkpoint
+    from toolkit.variants.export import export_checkpoint
 
     repo = tmp_path / "repo"
     onnx = package_artifact(artifacts["onnx"], repo, "digits_onnx")
@@ -126,7 +133,8 @@ def test_native_configs_parse_back_through_the_protobuf(artifacts, tiny_run, tmp
     assert result.max_batch_size == 0 == config.max_batch_size
     assert list(config.input[0].dims) == [4, 1, 16, 16] and not config.HasField("dynamic_batching")
     with pytest.raises(DlkitError, match="fixed batch size"):
-        package_artifact(static.path, repo, "x", options=PackageOptions(max_batch_size=8))
+        options = PackageOptions(serving=ServingOptions(max_batch_size=8))
+        package_artifact(static.path, repo, "x", options=options)
 
 
 @pytest.mark.slow
@@ -218,14 +226,14 @@ def test_predictions_equal_the_local_runner(served, artifacts, protocol):
 @pytest.mark.slow
 def test_preprocessing_ensemble_sees_the_same_pixels(served, artifacts, images):
     local = open_runner(artifacts["onnx"])
-    pixels = load_images(images, local)  # build_transform(...)(load_image(...)) per image
+    pixels = preprocess_images(images, local.info.preprocessing)
     with TritonClient(served.grpc) as client:
         encoded = client.prepare("tiny_ensemble", images)
         assert encoded.dtype == object and encoded.shape == (len(images), 1)
         np.testing.assert_array_equal(client.infer("tiny_preprocess", encoded), pixels)
         np.testing.assert_allclose(client.infer("tiny_ensemble", encoded), local(pixels), atol=1e-5)
         assert client.classify("tiny_ensemble", images, 2) == client.classify("tiny", images, 2)
-        with pytest.raises(DlkitError, match="not a readable image"):
+        with pytest.raises(DlkitError, match="corrupt or unreadable image: image 0 of the request"):
             client.infer("tiny_ensemble", np.array([[b"not a png"]], dtype=object))
 
 
@@ -252,7 +260,7 @@ def test_shared_memory(served, artifacts, protocol):
             np.testing.assert_allclose(
                 client.infer("tiny", batch[:rows]), expected[:rows], atol=1e-5
             )
-    with pytest.raises(DlkitError, match="not local"):
+    with pytest.raises(DlkitError, match="one server on this machine"):
         TritonClient("grpc://192.0.2.1:8001", shared_memory=True)
 
 
@@ -333,10 +341,10 @@ def test_eval_and_predict_against_the_server(served, dlkit, artifacts, images):
 @pytest.mark.slow
 def test_measure_serving(served):
     levels = measure_serving(served.grpc, "tiny", (1, 2), duration=1.0, warmup=0.2)
-    assert [lv["concurrency"] for lv in levels] == [1, 2]
+    assert [lv.concurrency for lv in levels] == [1, 2]
     for level in levels:
-        assert level["failures"] == 0 and level["requests"] > 0 and level["throughput"] > 0
-        latency = level["latency_ms"]
+        assert level.failures == 0 and level.requests > 0 and level.throughput > 0
+        latency = level.latency_ms
         assert set(latency) == {"p50", "p90", "p95", "p99", "mean", "std", "min"}
         assert 0 < latency["min"] <= latency["p50"] <= latency["p99"]
 

@@ -12,6 +12,7 @@ import click
 
 from toolkit import __version__
 from toolkit.errors import DlkitError, user_message
+from toolkit.log import configure_logging
 
 # name -> "module:attribute"; the order is the order `dlkit --help` lists them in.
 COMMANDS = {
@@ -51,8 +52,10 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="dlkit")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="Show debugging detail on stderr.")
+def cli(verbose: int) -> None:
     """dlkit: train an image classifier, export, quantize, benchmark and serve it on Triton."""
+    configure_logging(verbose)  # progress on stderr; a command's --json quiets it
 
 
 def main() -> None:

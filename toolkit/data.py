@@ -6,18 +6,20 @@ training, evaluation, calibration and serving all see the same pixels.
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
-from toolkit.artifact import DataSource, Preprocessing
+from toolkit.artifacts.metadata import DataSource, Preprocessing
 from toolkit.errors import DlkitError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -69,15 +71,52 @@ def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     raise DlkitError(f"cannot convert an image with {image.shape[0]} channels to {channels}")
 
 
-def load_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Open an image file as grayscale (`channels=1`) or RGB; a corrupt file names itself."""
+ImageSource = str | os.PathLike | bytes
+
+
+def load_image(source: ImageSource, channels: int, name: str | None = None) -> Image.Image:
+    """Open an image (a file, or its encoded bytes) upright (EXIF orientation applied) as
+    grayscale (`channels=1`) or RGB. A corrupt, missing or absurdly large image is a
+    DlkitError naming it (`name`, else the path)."""
+    name = name or (str(source) if not isinstance(source, bytes) else "the image")
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(path) as img:
-            return img.convert("L" if channels == 1 else "RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(opened) as img:
+                return ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
     except FileNotFoundError as exc:
-        raise DlkitError(f"image not found: {path}") from exc
+        raise DlkitError(f"image not found: {name}") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DlkitError(
+            f"image too large: {name} (over {Image.MAX_IMAGE_PIXELS:,} pixels; a "
+            "decompression bomb?)"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DlkitError(f"corrupt or unreadable image: {path} ({exc})") from exc
+        reason = "not an image format it can read" if isinstance(source, bytes) else exc
+        raise DlkitError(f"corrupt or unreadable image: {name} ({reason})") from exc
+
+
+def preprocess_images(sources: Sequence[ImageSource], pre: Preprocessing) -> np.ndarray:
+    """Images (files or encoded bytes) as one float32 batch, through the evaluation transform:
+    the pixels `dlkit eval`, `predict` and the served preprocessing model all see."""
+    transform = build_transform(pre)
+    return np.stack([transform(load_image(s, pre.channels)).numpy() for s in sources])
+
+
+def encoded_images(sources: Sequence[ImageSource]) -> np.ndarray:
+    """Image files (or bytes) as Triton's BYTES batch: N×1 encoded files, undecoded."""
+
+    def read(source: ImageSource) -> bytes:
+        if isinstance(source, bytes):
+            return source
+        try:
+            with open(source, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise DlkitError(f"image not found or unreadable: {source}") from exc
+
+    return np.array([[read(s)] for s in sources], dtype=np.object_)
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -307,3 +346,27 @@ def write_digits_folder(
                 Image.fromarray(images[i]).save(tmp / split / classes[labels[i]] / f"{i:04d}.png")
             counts[split] = len(indices)
     return counts
+
+
+def find_images(patterns: Sequence[str]) -> list[str]:
+    """Image files from paths, folders (their images, recursively, sorted) and globs, in the
+    order given; a pattern that matches nothing is an error naming it."""
+    import glob
+
+    found: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif path.is_file():
+            matches = [pattern]
+        else:
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not matches:
+            raise DlkitError(f"image not found: {pattern} (no file, folder or glob match)")
+        found += matches
+    return found

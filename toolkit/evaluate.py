@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from toolkit.data import build_transform, load_image
-from toolkit.runtime import Runner
+from toolkit.artifacts.runner import Runner
 
 
 def predict_dataset(
@@ -53,13 +51,6 @@ def evaluate(runner: Runner, dataset: Dataset, batch_size: int = 64) -> dict[str
     """Classification report of `runner` on `dataset`."""
     logits, labels = predict_dataset(runner, dataset, batch_size)
     return classification_report(logits, labels, runner.info.classes)
-
-
-def load_images(paths: Sequence[str | os.PathLike], runner: Runner) -> np.ndarray:
-    """Image files as one batch, preprocessed the way the runner's artifact expects."""
-    pre = runner.info.preprocessing
-    transform = build_transform(pre)
-    return np.stack([transform(load_image(p, pre.channels)).numpy() for p in paths])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

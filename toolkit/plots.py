@@ -92,3 +92,52 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def plot_bench(report, path: str | os.PathLike) -> None:
+    """p50 latency and throughput of every variant (`report` is a BenchReport): against batch
+    size (log scales) when there are several, as bars when there is one."""
+    from matplotlib.ticker import LogFormatter
+
+    plt = pyplot()
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    variants = list(dict.fromkeys(r.variant for r in report.results))
+    sizes = report.settings["batch_sizes"]
+    timing = "device time" if report.device == "cuda" else "end to end"
+    if len(sizes) == 1:
+        rows = [report.rows(variant=v)[0] for v in variants]
+        positions = range(len(rows))
+        ax_lat.barh(positions, [r.rank_value for r in rows], color="tab:blue")
+        ax_thr.barh(positions, [r.best_throughput for r in rows], color="tab:green")
+        for ax in (ax_lat, ax_thr):
+            ax.set_yticks(list(positions), variants, fontsize=8)
+            ax.invert_yaxis()
+            ax.grid(alpha=0.3, axis="x")
+        ax_lat.set(xlabel=f"p50 latency, ms ({timing})", title=f"Latency, batch {sizes[0]}")
+        ax_thr.set(xlabel="samples / s", title=f"Throughput, batch {sizes[0]}")
+    else:
+        for name in variants:
+            rows = sorted(report.rows(variant=name), key=lambda r: r.batch_size)
+            x = [r.batch_size for r in rows]
+            ax_lat.plot(x, [r.rank_value for r in rows], marker="o", label=name)
+            ax_thr.plot(x, [r.best_throughput for r in rows], marker="o", label=name)
+        ax_lat.set(xlabel="batch size", ylabel=f"p50 latency, ms ({timing})", title="Latency")
+        ax_thr.set(xlabel="batch size", ylabel="samples / s", title="Throughput")
+        for ax in (ax_lat, ax_thr):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(sizes, [str(s) for s in sizes])
+            ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+            ax.yaxis.set_major_formatter(LogFormatter())  # 600, not 6×10²
+            ax.yaxis.set_minor_formatter(
+                LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+            )
+            ax.grid(alpha=0.3, which="both")
+        ax_thr.legend(fontsize=8)
+    env = report.environment
+    where = env["gpu"]["name"] if env.get("gpu") else env["cpu"]["model"]
+    model = report.settings["model"]
+    model = model if isinstance(model, str) else ", ".join(model)
+    fig.suptitle(f"{model} on {where}", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -33,7 +33,21 @@ INSTRUCTION_SETS = {
 }
 
 
-def describe_environment(device: str, onnxruntime_threads: int | None = None) -> dict[str, Any]:
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The thread budget benchmarks use unless told: half the usable cores (at least one).
+    On a shared machine, runtimes that each take every core fight other work and each other,
+    and figures swing by orders of magnitude; half the cores leaves room for that."""
+    return max(1, usable_cores() // 2)
+
+
+def describe_environment(device: str, threads: int | None = None) -> dict[str, Any]:
     """CPU, GPU and software versions, as one JSON-able dict."""
     import numpy
     import torch
@@ -49,11 +63,9 @@ def describe_environment(device: str, onnxruntime_threads: int | None = None) ->
             "instruction_sets": [name for flag, name in INSTRUCTION_SETS.items() if flag in flags],
             "torch_kernels": torch.backends.cpu.get_cpu_capability(),
             "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else None,
+            "usable_cores": usable_cores(),
             "torch_threads": torch.get_num_threads(),
-            "onnxruntime_threads": onnxruntime_threads or "default (one per physical core)",
+            "onnxruntime_threads": threads or "default (one per physical core)",
         },
         "gpu": _gpu_info() if device == "cuda" else None,
         "versions": {
@@ -65,7 +77,8 @@ def describe_environment(device: str, onnxruntime_threads: int | None = None) ->
         },
         "platform": platform.platform(),
         "peak_memory": (
-            "torch.cuda.max_memory_allocated during warm-up and measurement"
+            "what the variant added at its peak while it was built and warmed up: "
+            "torch.cuda.max_memory_allocated over the allocation before it"
             if device == "cuda"
             else RSS_SCOPE[_can_reset_peak_rss()]
         ),
@@ -115,8 +128,8 @@ def _version(package: str) -> str | None:
 # ------------------------------------------------------------------------------------ memory
 
 RSS_SCOPE = {
-    True: "process peak RSS (VmHWM) from warm-up to the end of measurement, reset before each "
-    "variant; it includes everything resident in the process (interpreter, libraries, the model)",
+    True: "what the variant added at its peak while it was built and warmed up: the process's "
+    "peak RSS (VmHWM, reset before it) over its RSS before it",
     False: "process peak RSS since the process started (ru_maxrss): a high-water mark that "
     "never falls, so later variants show at least the figure of earlier ones",
 }
@@ -131,22 +144,33 @@ def _can_reset_peak_rss() -> bool:
     return _vm_hwm() is not None
 
 
-def _vm_hwm() -> int | None:
+def _status_bytes(key: str) -> int | None:
+    """A `kB` field of /proc/self/status (VmHWM, VmRSS) in bytes."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     return None
 
 
+def _vm_hwm() -> int | None:
+    return _status_bytes("VmHWM")
+
+
+def _vm_rss() -> int | None:
+    return _status_bytes("VmRSS")
+
+
 class PeakMemory:
-    """`with PeakMemory(device) as peak: ...`, then `peak.bytes`: the most memory in use inside
-    the block (GPU allocations on CUDA, process RSS on the CPU)."""
+    """`with PeakMemory(device) as peak: ...`, then `peak.bytes`: how much more memory was in
+    use at the block's peak than when it began (GPU allocations on CUDA, process RSS on the
+    CPU). Where the kernel cannot reset the RSS high-water mark, the process's lifetime peak."""
 
     def __init__(self, device: str):
         self.device = device
         self.bytes: int | None = None
         self._resettable = False
+        self._start = 0
 
     def __enter__(self) -> PeakMemory:
         if self.device == "cuda":
@@ -154,8 +178,10 @@ class PeakMemory:
 
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
         else:
             self._resettable = _can_reset_peak_rss()
+            self._start = _vm_rss() or 0
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -163,9 +189,9 @@ class PeakMemory:
             import torch
 
             torch.cuda.synchronize()
-            self.bytes = int(torch.cuda.max_memory_allocated())
+            self.bytes = int(torch.cuda.max_memory_allocated()) - self._start
         elif self._resettable:
-            self.bytes = _vm_hwm()
+            self.bytes = max((_vm_hwm() or 0) - self._start, 0)
         else:
             # ru_maxrss is in KiB on Linux, bytes on macOS.
             unit = 1 if sys.platform == "darwin" else 1024

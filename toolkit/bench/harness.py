@@ -114,33 +114,75 @@ def measure(step: Step, config: MeasureConfig | None = None) -> Measurement:
     The statistics use only the compared windows, so a slow start (caches, autotuning, a
     burst of load) that did not agree with what followed is left out rather than averaged in.
     """
+    return measure_interleaved({"step": step}, config)["step"]
+
+
+def measure_interleaved(
+    steps: dict[str, Step], config: MeasureConfig | None = None
+) -> dict[str, Measurement]:
+    """`measure` for several steps at once, their windows taken in turn (A, B, C, A, B, ...),
+    so that load on a shared machine hits every step alike instead of whichever ran during
+    it. Each step is warmed up first, and stops being measured once its own windows agree
+    (or its `max_time` is spent)."""
     config = config or MeasureConfig()
+    for step in steps.values():
+        warm_up(step, config)
+    states = {name: _Windows(config) for name in steps}
+    while any(not state.done for state in states.values()):
+        for name, step in steps.items():
+            if not states[name].done:
+                states[name].add(_window(step, config))
+    return {name: state.result() for name, state in states.items()}
+
+
+def warm_up(step: Step, config: MeasureConfig) -> None:
+    """`config.warmup` iterations, cut short after `config.warmup_time` seconds."""
     warmed = 0.0
     for _ in range(config.warmup):
         warmed += step()
         if warmed >= config.warmup_time:
             break
-    windows: list[list[float]] = []
-    measured = 0.0
-    while True:
-        window = _window(step, config)
-        windows.append(window)
-        measured += sum(window)
-        recent = windows[-config.windows :]
-        medians = [statistics.median(w) for w in recent]
-        stable = len(recent) == config.windows and relative_spread(medians) <= config.tolerance
-        if stable or (measured >= config.max_time and len(windows) >= 2):
-            break
-    samples = [t for w in recent for t in w]
-    return Measurement(
-        latency_ms=latency_stats(samples),
-        iterations=len(samples),
-        windows=len(windows),
-        window_medians_ms=[m * 1e3 for m in medians],
-        spread=relative_spread(medians),
-        stable=stable,
-        measured_s=measured,
-    )
+
+
+class _Windows:
+    """The windows of one step, and whether they have settled."""
+
+    def __init__(self, config: MeasureConfig):
+        self.config = config
+        self.windows: list[list[float]] = []
+        self.measured = 0.0
+        self.done = False
+
+    def add(self, window: list[float]) -> None:
+        self.windows.append(window)
+        self.measured += sum(window)
+        over_time = self.measured >= self.config.max_time and len(self.windows) >= 2
+        self.done = self.stable or over_time
+
+    @property
+    def recent_medians(self) -> list[float]:
+        return [statistics.median(w) for w in self.windows[-self.config.windows :]]
+
+    @property
+    def stable(self) -> bool:
+        medians = self.recent_medians
+        return len(medians) == self.config.windows and (
+            relative_spread(medians) <= self.config.tolerance
+        )
+
+    def result(self) -> Measurement:
+        recent = self.windows[-self.config.windows :]
+        medians = self.recent_medians
+        samples = [t for w in recent for t in w]
+        return Measurement(
+            latency_ms=latency_stats(samples),
+            iterations=len(samples),
+            windows=len(self.windows),
+            window_medians_ms=[m * 1e3 for m in medians],
+            spread=relative_spread(medians),
+            stable=self.stable,
+            measured_s=self.measured,
+        )
 
 
 def _window(step: Step, config: MeasureConfig) -> list[float]:

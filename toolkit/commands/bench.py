@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import click
 
-from toolkit.bench.variants import DEFAULT_VARIANTS, VARIANTS
-from toolkit.commands.output import json_option, print_json
-
-
-def _int_list(ctx, param, value: str) -> list[int]:
-    try:
-        sizes = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter("batch sizes must be positive integers, e.g. 1,8,32")
-    return sizes
+from toolkit.commands.output import (
+    finite,
+    json_option,
+    positive_ints,
+    print_json,
+    target_device_option,
+    threads_option,
+)
+from toolkit.variants.registry import DEFAULT_VARIANTS, VARIANTS
 
 
 @click.command()
 @click.argument("artifacts", metavar="[ARTIFACT]...", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--model", help="Build the variants from this model (random weights), e.g. resnet18.")
-@click.option("--image-size", type=int, default=224, show_default=True, help="With --model.")
-@click.option("--num-classes", type=int, default=1000, show_default=True, help="With --model.")
-@click.option("--channels", type=int, default=3, show_default=True, help="With --model.")
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 4096),
+    default=224,
+    show_default=True,
+    help="With --model.",
+)
+@click.option(
+    "--num-classes",
+    type=click.IntRange(2, 100_000),
+    default=1000,
+    show_default=True,
+    help="With --model.",
+)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
 @click.option(
     "--variants",
     help=(
@@ -32,33 +41,36 @@ def _int_list(ctx, param, value: str) -> list[int]:
         f"{','.join(DEFAULT_VARIANTS['cuda'])}."
     ),
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@target_device_option
 @click.option(
     "--batch-sizes",
     default="1,8,32",
     show_default=True,
-    callback=_int_list,
+    callback=positive_ints,
     help="Comma-separated.",
 )
-@click.option("--threads", type=int, help="torch and ONNX Runtime threads (default: theirs).")
+@threads_option
 @click.option(
     "--warmup",
-    type=int,
+    type=click.IntRange(0, 100_000),
     default=5,
     show_default=True,
     help="Warm-up iterations (at most 10 s of them).",
 )
 @click.option(
-    "--iters", type=int, help="Iterations per measurement window (instead of --min-time)."
+    "--iters",
+    type=click.IntRange(1, 10_000_000),
+    help="Iterations per measurement window (instead of --min-time).",
 )
 @click.option(
     "--min-time",
     type=float,
+    callback=finite(0),
     help="Seconds per measurement window (default 0.5, at least 5 iterations).",
 )
 @click.option(
     "--windows",
-    type=int,
+    type=click.IntRange(2, 1000),
     default=3,
     show_default=True,
     help="Consecutive windows whose medians must agree.",
@@ -68,6 +80,7 @@ def _int_list(ctx, param, value: str) -> list[int]:
     type=float,
     default=0.05,
     show_default=True,
+    callback=finite(0, 1, above=True),
     help="How closely they must agree (relative range).",
 )
 @click.option(
@@ -75,18 +88,22 @@ def _int_list(ctx, param, value: str) -> list[int]:
     type=float,
     default=30.0,
     show_default=True,
+    callback=finite(0, above=True),
     help="Seconds of measurement per variant and batch size before reporting it unstable.",
 )
 @click.option("--recheck", is_flag=True, help="Measure the first variant again at the end.")
 @click.option(
     "--url",
-    help="Benchmark a model served by Triton (HOST:PORT, grpc://… or http://…); --model names it.",
+    "urls",
+    multiple=True,
+    help="Benchmark a model served by Triton (HOST:PORT, grpc://… or http://…); --model names "
+    "it. Several servers (repeat, or comma-separated) share the load.",
 )
 @click.option(
     "--concurrency",
     default="1,4,16",
     show_default=True,
-    callback=_int_list,
+    callback=positive_ints,
     help="With --url: concurrent clients.",
 )
 @click.option(
@@ -94,6 +111,7 @@ def _int_list(ctx, param, value: str) -> list[int]:
     type=float,
     default=5.0,
     show_default=True,
+    callback=finite(0, above=True),
     help="With --url: seconds per concurrency level.",
 )
 @json_option
@@ -120,7 +138,7 @@ def bench(
     tolerance,
     max_time,
     recheck,
-    url,
+    urls,
     concurrency,
     duration,
     as_json,
@@ -129,22 +147,23 @@ def bench(
     """Latency and throughput of model variants, measured until the numbers are stable.
 
     Give ARTIFACT paths (ONNX and TorchScript files run as they are; the variants are built
-    from a checkpoint) or --model NAME. Each variant and batch size is warmed up, then timed in
-    windows until consecutive windows agree; the table gives p50/p90/p95/p99/mean/std/min,
-    throughput, peak memory, the spread of the windows and the speed-up against eager fp32.
-    A variant that cannot run here is skipped with the reason.
+    from a checkpoint) or --model NAME. Every variant gets the same thread budget (--threads)
+    and their measurement windows are taken in turn, so load on a busy machine hits all of
+    them alike. The table gives p50/p90/p95/p99/mean/std/min, throughput, peak memory, the
+    spread of the windows and the speed-up against eager fp32; `!` marks a figure that did
+    not settle. A variant that cannot run here is skipped with the reason.
     """
     from toolkit.bench.harness import MeasureConfig
     from toolkit.bench.report import format_table, write_report
     from toolkit.bench.run import run_benchmark
     from toolkit.errors import DlkitError
 
-    if url:
+    if urls:
         if not model or artifacts or report_dir:
             raise DlkitError(
                 "--url benchmarks one served model: give --model NAME (no files, no --report)"
             )
-        _bench_serving(url, model, concurrency, batch_sizes, duration, as_json)
+        _bench_serving(list(urls), model, concurrency, batch_sizes, duration, as_json)
         return
     if iters is not None and min_time is not None:
         raise DlkitError("give either --iters or --min-time, not both")
@@ -161,49 +180,46 @@ def bench(
         model,
         image_size=image_size,
         num_classes=num_classes,
-        channels=channels,
+        channels=int(channels),
         variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
         device=device,
         batch_sizes=batch_sizes,
         threads=threads,
         config=config,
         recheck=recheck,
-        progress=lambda message: click.echo(message, err=True),
     )
     if report_dir:
         for path in write_report(report, report_dir):
             click.echo(f"wrote {path}", err=True)
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
         click.echo(format_table(report))
 
 
-def _bench_serving(url, model, concurrency, batch_sizes, duration, as_json) -> None:
+def _bench_serving(urls, model, concurrency, batch_sizes, duration, as_json) -> None:
     """Closed-loop load on a served model: throughput and latency per concurrency level."""
     from toolkit.bench.environment import describe_environment
-    from toolkit.triton.client import measure_serving
+    from toolkit.bench.load import measure_serving
+    from toolkit.tables import Column, render_text
 
     rows = []
     for batch_size in batch_sizes:
-        click.echo(f"{model} at {url}, batch {batch_size} ...", err=True)
-        for row in measure_serving(url, model, concurrency, duration, batch_size):
-            rows.append({"variant": f"triton:{model}", "device": "server", **row})
+        click.echo(f"{model} at {','.join(urls)}, batch {batch_size} ...", err=True)
+        for level in measure_serving(urls, model, concurrency, duration, batch_size):
+            rows.append({"variant": f"triton:{model}", "device": "server", **level.to_dict()})
     if as_json:
+        settings = {"url": ",".join(urls), "model": model, "duration_s": duration}
         print_json(
-            {
-                "environment": describe_environment("cpu"),
-                "settings": {"url": url, "model": model, "duration_s": duration},
-                "results": rows,
-            }
+            {"environment": describe_environment("cpu"), "settings": settings, "results": rows}
         )
         return
-    click.echo(
-        f"{'batch':>5} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>10} {'failures':>8}"
-    )
-    for r in rows:
-        lat = r["latency_ms"]
-        click.echo(
-            f"{r['batch_size']:>5} {r['concurrency']:>7} {lat['p50']:>8.3f} {lat['p99']:>8.3f} "
-            f"{r['throughput']:>10.1f} {r['failures']:>8}"
-        )
+    columns = [
+        Column("batch", lambda r: str(r["batch_size"])),
+        Column("clients", lambda r: str(r["concurrency"])),
+        Column("p50 ms", lambda r: f"{r['latency_ms']['p50']:.3f}"),
+        Column("p99 ms", lambda r: f"{r['latency_ms']['p99']:.3f}"),
+        Column("images/s", lambda r: f"{r['throughput']:.1f}"),
+        Column("failures", lambda r: str(r["failures"])),
+    ]
+    click.echo("\n".join(render_text(columns, rows)))

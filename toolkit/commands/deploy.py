@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, max_accuracy_drop_option, print_json, repo_option
+from toolkit.choices import Dataset, Objective
+from toolkit.commands.output import (
+    choice,
+    finite,
+    json_option,
+    max_accuracy_drop_option,
+    positive_ints,
+    print_json,
+    repo_option,
+    target_device_option,
+    threads_option,
+)
 
 
 @click.command()
@@ -14,29 +25,28 @@ from toolkit.commands.output import json_option, max_accuracy_drop_option, print
     type=click.Path(file_okay=False),
     help="Train on this ImageFolder when no CHECKPOINT is given.",
 )
+@click.option("--dataset", type=choice(Dataset), help="Train on an embedded dataset (default).")
 @click.option(
-    "--dataset", type=click.Choice(["digits"]), help="Train on an embedded dataset (the default)."
+    "--epochs", type=click.IntRange(1, 100_000), help="Training epochs when no CHECKPOINT is given."
 )
-@click.option("--epochs", type=int, help="Training epochs when no CHECKPOINT is given.")
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Target to optimise for.",
-)
+@target_device_option
 @max_accuracy_drop_option
-@click.option(
-    "--objective",
-    type=click.Choice(["latency", "throughput"]),
-    default="latency",
-    show_default=True,
-)
+@click.option("--objective", type=choice(Objective), default="latency", show_default=True)
 @click.option(
     "--batch-sizes",
     default="1,8",
     show_default=True,
+    callback=positive_ints,
     help="Latency at the smallest, throughput at the largest.",
+)
+@threads_option
+@click.option(
+    "--bench-seconds",
+    type=float,
+    default=0.5,
+    show_default=True,
+    callback=finite(0, above=True),
+    help="Seconds per benchmark window.",
 )
 @repo_option
 @click.option(
@@ -70,6 +80,8 @@ def deploy(
     max_accuracy_drop,
     objective,
     batch_sizes,
+    threads,
+    bench_seconds,
     repo,
     name,
     smoke_test,
@@ -85,12 +97,7 @@ def deploy(
     """
     from toolkit.deploy import DeployConfig
     from toolkit.deploy import deploy as run_deploy
-    from toolkit.errors import DlkitError
 
-    try:
-        sizes = tuple(int(b) for b in batch_sizes.split(","))
-    except ValueError:
-        raise DlkitError(f"--batch-sizes takes numbers like 1,8; got {batch_sizes!r}") from None
     config = DeployConfig(
         checkpoint=checkpoint,
         data=data,
@@ -99,7 +106,9 @@ def deploy(
         device=device,
         max_accuracy_drop=max_accuracy_drop,
         objective=objective,
-        batch_sizes=sizes,
+        batch_sizes=tuple(batch_sizes),
+        threads=threads,
+        bench_seconds=bench_seconds,
         repo=repo,
         name=name,
         smoke_test=smoke_test,
@@ -107,34 +116,44 @@ def deploy(
         out=out,
     )
     report = run_deploy(config)
-    selected = report["selected"]
     if as_json:
         print_json(
             {
-                "selected": selected,
-                "variants": report["variants"],
-                "report": f"{report['run_dir']}/report.md",
-                "repository": report["repository"],
-                "packaged": report["packaged"],
-                "smoke_test": report.get("smoke_test"),
-                "stage_seconds": report["stage_seconds"],
+                "selected": report.selected.to_dict(),
+                "variants": [v.to_dict() for v in report.variants],
+                "report": f"{report.run_dir}/report.md",
+                "repository": report.repository,
+                "packaged": report.packaged,
+                "smoke_test": report.smoke_test,
+                "skipped_stages": report.skipped_stages,
+                "stage_seconds": report.stage_seconds,
             }
         )
         return
-    speedup = report.get("speedup_vs_eager_fp32")
+    _print_summary(report)
+
+
+def _print_summary(report) -> None:
+    selected, speedup = report.selected, report.speedup_vs_eager_fp32
+    claim = ""
+    if speedup and report.speedup_stable:
+        claim = f" ({speedup:.2f}x eager fp32)"
+    elif speedup:
+        claim = " (no speed-up claimed: the timings did not settle; see the report)"
     click.echo(
-        f"selected {selected['name']}: accuracy {selected['accuracy']:.4f}, "
-        f"p50 {selected['latency_ms']['p50']:.3f} ms"
-        + (f" ({speedup:.2f}x eager fp32)" if speedup else "")
+        f"selected {selected.name}: accuracy {selected.accuracy:.4f}, "
+        f"p50 {selected.latency_ms['p50']:.3f} ms{claim}"
     )
-    for model in report["packaged"]:
+    for model in report.packaged:
         click.echo(
             f"packaged {model['variant']} as {model['model']} v{model['version']} "
-            f"in {report['repository']}"
+            f"in {report.repository}"
         )
-    if report.get("smoke_test"):
-        smoke = report["smoke_test"]
+    for stage, why in report.skipped_stages.items():
+        click.echo(f"skipped {stage}: {why}")
+    if report.smoke_test:
+        smoke = report.smoke_test
         click.echo(
             f"smoke test: {smoke['samples']} images, top-1 agreement {smoke['top1_agreement']:.3f}"
         )
-    click.echo(f"report: {report['run_dir']}/report.md ({report['total_seconds']:.0f}s in all)")
+    click.echo(f"report: {report.run_dir}/report.md ({report.total_seconds:.0f}s in all)")

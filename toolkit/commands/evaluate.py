@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, print_json
+from toolkit.choices import Dataset, Device, Split
+from toolkit.commands.output import choice, json_option, print_json, trust_option
 
 
 @click.command()
@@ -14,18 +15,17 @@ from toolkit.commands.output import json_option, print_json
     type=click.Path(file_okay=False),
     help="ImageFolder to evaluate on (default: the model's own data).",
 )
-@click.option("--dataset", type=click.Choice(["digits"]), help="An embedded dataset.")
+@click.option("--dataset", type=choice(Dataset), help="An embedded dataset.")
 @click.option(
     "--split",
-    type=click.Choice(["val", "train", "all"]),
+    type=choice(Split),
     help="Default: val of the model's own data, all of another folder.",
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
-)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
+@click.option("--device", type=choice(Device), default="cpu", show_default=True)
+@trust_option
 @json_option
-def evaluate(model_path, data, dataset, split, batch_size, device, as_json) -> None:
+def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_json) -> None:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on labelled images.
 
     Without --data or --dataset, MODEL is evaluated on the validation split it was trained with.
@@ -33,12 +33,12 @@ def evaluate(model_path, data, dataset, split, batch_size, device, as_json) -> N
     import dataclasses
     from pathlib import Path
 
+    from toolkit.artifacts import open_runner
     from toolkit.data import load_split
     from toolkit.errors import DlkitError
     from toolkit.evaluate import evaluate as run_evaluation
-    from toolkit.runtime import open_runner
 
-    runner = open_runner(model_path, device=device)
+    runner = open_runner(model_path, device=device, trust=trust)
     source = runner.info.source
     if data or dataset:
         own = source.data and data and Path(source.data).resolve() == Path(data).resolve()
@@ -61,11 +61,25 @@ def evaluate(model_path, data, dataset, split, batch_size, device, as_json) -> N
         f"accuracy {report['accuracy']:.4f} on {report['num_samples']} images "
         f"({split} split of {report['data']})"
     )
-    width = max(len("class"), *(len(c) for c in classes))
-    click.echo(f"\n{'class':<{width}}  accuracy  images")
-    for name, row in report["per_class"].items():
-        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-        click.echo(f"{name:<{width}}  {acc:>8}  {row['num_samples']:>6}")
+    _print_tables(report)
+
+
+def _print_tables(report: dict) -> None:
+    from toolkit.tables import Column, fmt, render_text
+
+    per_class = [(name, row) for name, row in report["per_class"].items()]
+    click.echo("")
+    click.echo("\n".join(render_text(
+        [
+            Column("class", lambda r: r[0], "<"),
+            Column("accuracy", lambda r: fmt(r[1]["accuracy"], ".4f", "-")),
+            Column("images", lambda r: str(r[1]["num_samples"])),
+        ],
+        per_class,
+    )))  # fmt: skip
     click.echo("\nconfusion matrix (rows: true, columns: predicted)")
-    for name, row in zip(classes, report["confusion_matrix"], strict=True):
-        click.echo(f"{name:<{width}} " + " ".join(f"{v:>4}" for v in row))
+    matrix = list(zip(report["classes"], report["confusion_matrix"], strict=True))
+    columns = [Column("", lambda r: r[0], "<")] + [
+        Column(str(i), lambda r, i=i: str(r[1][i])) for i in range(len(matrix))
+    ]
+    click.echo("\n".join(render_text(columns, matrix)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, print_json
+from toolkit.commands.output import finite, json_option, print_json
 
 
 @click.command()
@@ -16,15 +16,33 @@ from toolkit.commands.output import json_option, print_json
     type=click.Path(file_okay=False),
     help="Output folder (default: beside the checkpoint).",
 )
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
 @click.option(
-    "--static-batch", type=int, help="Fix the batch dimension to this size (default: dynamic)."
+    "--opset",
+    type=click.IntRange(18, 23),
+    default=18,
+    show_default=True,
+    help="ONNX opset (torch's exporter writes 18 or newer).",
 )
 @click.option(
-    "--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance."
+    "--static-batch",
+    type=click.IntRange(1, 65536),
+    help="Fix the batch dimension to this size (default: dynamic).",
 )
 @click.option(
-    "--rtol", type=float, default=1e-3, show_default=True, help="Parity: relative tolerance."
+    "--atol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    callback=finite(0),
+    help="Parity: absolute tolerance.",
+)
+@click.option(
+    "--rtol",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    callback=finite(0),
+    help="Parity: relative tolerance.",
 )
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
 @json_option
@@ -38,11 +56,8 @@ def export(
     batch sizes 1 and 7; one that drifts beyond --atol and --rtol is not kept, and the command
     exits with status 1.
     """
-    from toolkit.errors import DlkitError
-    from toolkit.export import export_checkpoint
+    from toolkit.variants.export import export_checkpoint
 
-    if static_batch is not None and static_batch < 1:
-        raise DlkitError("--static-batch must be at least 1")
     formats = tuple(f for f, on in (("onnx", onnx_), ("torchscript", torchscript)) if on)
     results = export_checkpoint(
         checkpoint,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, print_json, repo_option
+from toolkit.choices import Backend, InstanceKind
+from toolkit.commands.output import choice, json_option, print_json, repo_option, trust_option
+from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
 
 
 @click.command()
@@ -13,10 +15,12 @@ from toolkit.commands.output import json_option, print_json, repo_option
 )
 @repo_option
 @click.option("--name", help="Model name (default: the artifact's file stem).")
-@click.option("--version", type=int, help="Version number (default: the next free one).")
+@click.option(
+    "--version", type=click.IntRange(1, 2**31 - 1), help="Version number (default: the next)."
+)
 @click.option(
     "--max-batch-size",
-    type=int,
+    type=click.IntRange(0, 65536),
     help="Largest batch Triton forms [default: 32; 0 for a fixed-batch artifact].",
 )
 @click.option(
@@ -27,35 +31,31 @@ from toolkit.commands.output import json_option, print_json, repo_option
 )
 @click.option(
     "--max-queue-delay-us",
-    type=int,
-    default=2000,
+    type=click.IntRange(0, 10_000_000),
+    default=DEFAULT_QUEUE_DELAY_US,
     show_default=True,
     help="How long a request may wait for others to batch with (microseconds).",
 )
 @click.option(
     "--instances",
-    type=int,
+    type=click.IntRange(1, 64),
     default=1,
     show_default=True,
     help="Model instances (parallel executions).",
 )
 @click.option(
-    "--kind",
-    type=click.Choice(["auto", "cpu", "gpu"]),
-    default="auto",
-    show_default=True,
-    help="Where instances run.",
+    "--kind", type=choice(InstanceKind), default="auto", show_default=True, help="Where they run."
 )
 @click.option(
     "--threads",
-    type=int,
+    type=click.IntRange(0, 256),
     default=0,
     show_default=True,
     help="Intra-op threads per instance (0: the runtime decides).",
 )
 @click.option(
     "--backend",
-    type=click.Choice(["native", "python"]),
+    type=choice(Backend),
     default="native",
     show_default=True,
     help="native: Triton's ONNX Runtime/PyTorch backends (the NGC image); python: "
@@ -66,6 +66,7 @@ from toolkit.commands.output import json_option, print_json, repo_option
     is_flag=True,
     help="Add a preprocessing model and an ensemble that take image files.",
 )
+@trust_option
 @json_option
 def package(
     artifacts,
@@ -80,25 +81,31 @@ def package(
     threads,
     backend,
     preprocess,
+    trust,
     as_json,
 ) -> None:
     """Write ARTIFACT (dlkit ONNX or TorchScript) into a Triton model repository.
 
     Each run adds a new version folder, written in full before it appears; existing versions
     are left as they are. The config carries the class names and preprocessing, and labels.txt
-    lets Triton answer top-k queries.
+    lets Triton answer top-k queries. TorchScript code is checked before it is packaged, since
+    Triton will run it (see --trust).
     """
+    from toolkit.triton.configs import ServingOptions
     from toolkit.triton.repository import PackageOptions, package_artifacts
 
     options = PackageOptions(
         backend=backend,
-        max_batch_size=max_batch_size,
-        dynamic_batching=dynamic_batching,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        kind=kind,
-        threads=threads,
+        serving=ServingOptions(
+            max_batch_size=max_batch_size,
+            dynamic_batching=dynamic_batching,
+            max_queue_delay_us=max_queue_delay_us,
+            instances=instances,
+            kind=kind,
+            threads=threads,
+        ),
         preprocess=preprocess,
+        trust=trust,
     )
     results = package_artifacts(list(artifacts), repo, name, version, options)
     if as_json:

@@ -4,53 +4,58 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, print_json
+from toolkit.choices import Device, Protocol
+from toolkit.commands.output import choice, json_option, print_json, trust_option
 
 
 @click.command()
-@click.argument(
-    "paths", metavar="[MODEL] IMAGE...", nargs=-1, required=True, type=click.Path(dir_okay=False)
-)
-@click.option("--top-k", type=int, default=3, show_default=True, help="Classes to show per image.")
+@click.argument("paths", metavar="[MODEL] IMAGE...", nargs=-1, required=True)
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True
+    "--top-k", type=click.IntRange(1, 1000), default=3, show_default=True, help="Classes per image."
 )
+@click.option("--device", type=choice(Device), default="cpu", show_default=True)
 @click.option(
     "--grid",
     type=click.Path(dir_okay=False),
     help="Save a PNG of the images with their predictions.",
 )
 @click.option(
-    "--url", help="A Triton server (HOST:PORT, grpc://... or http://...) instead of MODEL."
+    "--url",
+    "urls",
+    multiple=True,
+    help="A Triton server (HOST:PORT, grpc://... or http://...) instead of MODEL; several "
+    "(repeat, or comma-separated) share the requests.",
 )
 @click.option("--model", "served_model", help="With --url: the served model's name.")
 @click.option(
     "--protocol",
-    type=click.Choice(["grpc", "http"]),
+    type=choice(Protocol),
     help="With --url HOST:PORT: how to talk to it [default: grpc].",
 )
+@trust_option
 @json_option
-def predict(paths, top_k, device, grid, url, served_model, protocol, as_json) -> None:
-    """Classify IMAGE files with MODEL: class names and probabilities.
+def predict(paths, top_k, device, grid, urls, served_model, protocol, trust, as_json) -> None:
+    """Classify images with MODEL: class names and probabilities.
 
+    IMAGE may be a file, a folder (its images, recursively) or a glob such as 'photos/*.jpg'.
     With --url, no MODEL file: the images go to a model served by Triton (`dlkit serve`), which
     knows its own class names and preprocessing.
     """
+    from toolkit.data import find_images
     from toolkit.errors import DlkitError
 
-    if top_k < 1:
-        raise DlkitError("--top-k must be at least 1")
-    if url:
-        ranked, channels, model_path, images = _predict_served(
-            url, served_model, protocol, paths, top_k
+    if urls:
+        images = find_images(paths)
+        ranked, channels, model_path = _predict_served(
+            list(urls), served_model, protocol, images, top_k
         )
     else:
         if served_model or protocol:
             raise DlkitError("--model and --protocol go with --url")
         if len(paths) < 2:
             raise DlkitError("give a MODEL file and at least one IMAGE (or --url for a server)")
-        model_path, images = paths[0], paths[1:]
-        ranked, channels = _predict_local(model_path, images, top_k, device)
+        model_path, images = paths[0], find_images(paths[1:])
+        ranked, channels = _predict_local(model_path, images, top_k, device, trust)
     results = [{"image": str(p), "top_k": r} for p, r in zip(images, ranked, strict=True)]
     if grid:
         _save_grid(images, ranked, channels, grid)
@@ -64,30 +69,30 @@ def predict(paths, top_k, device, grid, url, served_model, protocol, as_json) ->
         click.echo(f"grid: {grid}")
 
 
-def _predict_local(model_path, images, top_k: int, device: str):
-    from toolkit.evaluate import load_images
+def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
+    from toolkit.artifacts import open_runner
+    from toolkit.data import preprocess_images
     from toolkit.evaluate import top_k as rank_classes
-    from toolkit.runtime import open_runner
 
-    runner = open_runner(model_path, device=device)
-    batch = load_images(images, runner)
-    return rank_classes(
-        runner(batch), runner.info.classes, top_k
-    ), runner.info.preprocessing.channels
+    runner = open_runner(model_path, device=device, trust=trust)
+    pre = runner.info.preprocessing
+    logits = runner(preprocess_images(images, pre))
+    return rank_classes(logits, runner.info.classes, top_k), pre.channels
 
 
-def _predict_served(url: str, model, protocol, images, top_k: int):
+def _predict_served(urls: list[str], model, protocol, images, top_k: int):
     from toolkit.errors import DlkitError
-    from toolkit.triton.client import TritonClient, parse_url
+    from toolkit.triton.client import TritonClient
+    from toolkit.triton.endpoints import parse_urls
 
-    _, _, named = parse_url(url, protocol)
+    named = next((e.model for e in parse_urls(urls, protocol) if e.model), None)
     model = model or named
     if not model:
         raise DlkitError("--url needs --model NAME (the served model to ask)")
-    with TritonClient(url, protocol=protocol) as client:
+    with TritonClient(urls, protocol=protocol) as client:
         ranked = client.classify(model, list(images), top_k)
         channels = client.info(model).preprocessing.channels
-    return ranked, channels, f"{client.url}/{model}", images
+    return ranked, channels, f"{client.url}/{model}"
 
 
 def _save_grid(paths, ranked, channels: int, out: str) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, max_accuracy_drop_option, print_json
+from toolkit.choices import CalibrationMethod, Dataset, QuantizeMode
+from toolkit.commands.output import choice, json_option, max_accuracy_drop_option, print_json
 
 
 @click.command()
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option(
     "--mode",
-    type=click.Choice(["dynamic", "static", "fp16", "bf16"]),
+    type=choice(QuantizeMode),
     required=True,
-    help="int8 dynamic/static, or fp16 for GPUs.",
+    help="int8 dynamic/static (CPUs), or fp16 (GPUs).",
 )
 @click.option(
     "--calib-data",
@@ -21,11 +22,11 @@ from toolkit.commands.output import json_option, max_accuracy_drop_option, print
     help="Calibration images (a folder) or preprocessed inputs (.npy). "
     "Default: the model's training split.",
 )
-@click.option("--dataset", type=click.Choice(["digits"]), help="Calibrate on an embedded dataset.")
-@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--dataset", type=choice(Dataset), help="Calibrate on an embedded dataset.")
+@click.option("--calib-samples", type=click.IntRange(1, 1_000_000), default=256, show_default=True)
 @click.option(
     "--method",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
+    type=choice(CalibrationMethod),
     default="minmax",
     show_default=True,
     help="Calibration method (static).",
@@ -58,19 +59,14 @@ def quantize(
 ):
     """Quantize an fp32 ONNX ARTIFACT and measure what it costs in accuracy.
 
-    The quantized model and its source are both evaluated on the validation split; a variant
-    that loses more than --max-accuracy-drop points is not kept and the command exits 1.
-    bf16 is an inference option for checkpoints (`--autocast bf16` where runners are used),
-    not an ONNX transform.
+    The quantized model and its source are both evaluated on the validation split (accuracy,
+    the drop with its 95% interval, top-1 agreement, McNemar's test on the images where they
+    disagree). A variant that loses more than --max-accuracy-drop points, significantly, is not
+    kept and the command exits 1. For bf16 on checkpoints, benchmark the `eager-amp-cl` variant
+    with `dlkit bench` instead: bf16 is an autocast option there, not a file transform.
     """
-    from toolkit.errors import DlkitError
-    from toolkit.quantize import quantize_artifact
+    from toolkit.variants.quantize import quantize_artifact
 
-    if mode == "bf16":
-        raise DlkitError(
-            "bf16 is not an ONNX transform here; run checkpoints with bf16 autocast instead "
-            "(runner option autocast='bf16', `dlkit bench` variant eager-amp)"
-        )
     result = quantize_artifact(
         artifact,
         mode,
@@ -83,20 +79,20 @@ def quantize(
         max_accuracy_drop=max_accuracy_drop,
         force=force,
     )
+    c = result.comparison
     if as_json:
         print_json(result.to_dict())
     else:
         ratio = result.size_bytes / result.baseline_size_bytes
+        low, high = c.drop_ci_points
         click.echo(
-            f"{result.path}: {mode}, accuracy {result.accuracy:.4f} vs "
-            f"{result.baseline_accuracy:.4f} fp32 (drop {result.accuracy_drop_points:.2f} "
-            f"points, top-1 agreement {result.top1_agreement:.3f}), "
-            f"{result.size_bytes / 1e6:.2f} MB ({ratio:.0%} of fp32)"
+            f"{result.path}: {mode}, accuracy {c.accuracy:.4f} vs {c.baseline_accuracy:.4f} fp32 "
+            f"(drop {c.accuracy_drop_points:.2f} points, 95% interval {low:.2f} to {high:.2f}; "
+            f"top-1 agreement {c.top1_agreement:.3f}), {result.size_bytes / 1e6:.2f} MB "
+            f"({ratio:.0%} of fp32)"
         )
+    if c.note:
+        click.echo(f"note: {c.note}", err=True)
     if not result.passed:
-        click.echo(
-            f"Error: {mode} loses {result.accuracy_drop_points:.2f} points of accuracy, more than "
-            f"--max-accuracy-drop {max_accuracy_drop:g}; the variant was not kept",
-            err=True,
-        )
+        click.echo(f"Error: {mode} {c.gate.reason}; the variant was not kept", err=True)
         ctx.exit(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import repo_option
+from toolkit.commands.output import finite, repo_option
 
 
 @click.command()
@@ -15,9 +15,9 @@ from toolkit.commands.output import repo_option
     show_default=True,
     help="Address to bind; 0.0.0.0 exposes the server to the network.",
 )
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True)
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True)
 @click.option("--model", "models", multiple=True, help="Serve only this model (repeatable).")
 @click.option(
     "--log-file",
@@ -29,6 +29,7 @@ from toolkit.commands.output import repo_option
     type=float,
     default=300.0,
     show_default=True,
+    callback=finite(0, above=True),
     help="Seconds to wait for the models to load.",
 )
 def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, timeout) -> None:
@@ -36,12 +37,11 @@ def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, time
 
     Uses `tritonserver` from PATH (the NGC image: every backend), else the one in the
     nvidia-pytriton wheel (`pip install 'dlkit[serve]'`: python backend only). Models the
-    server has no backend for are named and skipped.
+    server has no backend for, or that fail to load, are named and skipped; the rest are
+    served. Port 0 picks a free port (the one chosen is printed).
     """
-    import signal
-
     from toolkit.errors import DlkitError
-    from toolkit.triton.server import TritonServer
+    from toolkit.triton.server import TritonServer, serve_until_signal
 
     server = TritonServer(
         repo,
@@ -57,14 +57,7 @@ def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, time
     click.echo(f"tritonserver: {server.binary.path} (from {where})")
     for name, why in server.plan.skipped.items():
         click.echo(f"skipped {name}: {why}")
-
-    class Stop(Exception):
-        pass
-
-    def on_sigterm(signum, frame):
-        raise Stop
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    code = None
     try:
         server.start(timeout)
         failed = server.failed_models()
@@ -78,11 +71,10 @@ def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, time
         click.echo(f"  HTTP     http://{server.http_url}")
         click.echo(f"  metrics  {server.metrics_url}")
         click.echo("Ctrl-C or SIGTERM stops the server.")
-        code = server.wait()
-        raise DlkitError(f"tritonserver exited unexpectedly with status {code}")
-    except (KeyboardInterrupt, Stop):
+        exited = serve_until_signal(server)
+        if exited is not None:
+            raise DlkitError(f"tritonserver exited unexpectedly with status {exited}")
         click.echo("stopping ...")
     finally:
         code = server.stop()
-        signal.signal(signal.SIGTERM, previous)
     click.echo(f"stopped (tritonserver exit status {code})")

@@ -6,13 +6,8 @@ import os
 
 import click
 
-from toolkit.commands.output import json_option, print_json
-
-CHOICES = {
-    "optimizer": ("sgd", "adam", "adamw"),
-    "scheduler": ("cosine", "onecycle", "step", "plateau", "none"),
-    "amp": ("off", "fp16", "bf16"),
-}
+from toolkit.choices import Autocast, Dataset, Device, Loss, Monitor, Optimizer, Scheduler
+from toolkit.commands.output import choice, finite, json_option, print_json
 
 
 @click.command()
@@ -23,7 +18,7 @@ CHOICES = {
 )
 @click.option(
     "--dataset",
-    type=click.Choice(["digits"]),
+    type=choice(Dataset),
     help="An embedded dataset (the default when --data is not given).",
 )
 @click.option(
@@ -31,43 +26,66 @@ CHOICES = {
     help="smallresnet (default), simplenet, or a torchvision classifier such as resnet18.",
 )
 @click.option(
-    "--epochs", type=int, help="Epochs in all (default 15); with --resume, the new total."
+    "--epochs",
+    type=click.IntRange(1, 100_000),
+    help="Epochs in all (default 15); with --resume, the new total.",
 )
-@click.option("--batch-size", type=int, help="Per-process batch size (default 64).")
-@click.option("--lr", type=float, help="Peak learning rate (default 2e-3; 0.05 for sgd).")
-@click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]), help="Default adamw.")
-@click.option("--weight-decay", type=float, help="Default 0.05 (not applied to biases and norms).")
 @click.option(
-    "--scheduler", type=click.Choice(CHOICES["scheduler"]), help="Default cosine with warm-up."
+    "--batch-size", type=click.IntRange(1, 1_000_000), help="Per-process batch size (default 64)."
 )
-@click.option("--warmup-epochs", type=float, help="Linear warm-up for cosine (default 1).")
 @click.option(
-    "--loss", type=click.Choice(["ce", "focal"]), help="Cross entropy (default) or focal loss."
+    "--lr",
+    type=float,
+    callback=finite(0, 100, above=True),
+    help="Peak learning rate (default 2e-3; 0.05 for sgd).",
 )
-@click.option("--label-smoothing", type=float, help="For --loss ce (default 0).")
-@click.option("--focal-gamma", type=float, help="For --loss focal (default 2).")
-@click.option("--grad-clip", type=float, help="Clip the gradient norm to this value.")
+@click.option("--optimizer", type=choice(Optimizer), help="Default adamw.")
 @click.option(
-    "--amp", type=click.Choice(CHOICES["amp"]), help="Mixed precision: fp16 (CUDA) or bf16."
+    "--weight-decay",
+    type=float,
+    callback=finite(0, 10),
+    help="Default 0.05 (not applied to biases and norms).",
 )
+@click.option("--scheduler", type=choice(Scheduler), help="Default cosine with warm-up.")
+@click.option(
+    "--warmup-epochs",
+    type=float,
+    callback=finite(0),
+    help="Linear warm-up for cosine (default 1).",
+)
+@click.option("--loss", type=choice(Loss), help="Cross entropy (default) or focal loss.")
+@click.option(
+    "--label-smoothing", type=float, callback=finite(0, 0.999), help="For --loss ce (default 0)."
+)
+@click.option(
+    "--focal-gamma", type=float, callback=finite(0, 100), help="For --loss focal (default 2)."
+)
+@click.option(
+    "--grad-clip",
+    type=float,
+    callback=finite(0, above=True),
+    help="Clip the gradient norm to this value (positive).",
+)
+@click.option("--amp", type=choice(Autocast), help="Mixed precision: fp16 (CUDA) or bf16.")
 @click.option(
     "--channels-last/--no-channels-last", default=None, help="channels_last memory format."
 )
 @click.option(
     "--early-stopping",
-    type=int,
+    type=click.IntRange(0, 100_000),
     metavar="PATIENCE",
     help="Stop after this many epochs without improvement (0: off).",
 )
+@click.option("--monitor", type=choice(Monitor), help="Metric for best.pt and early stopping.")
 @click.option(
-    "--monitor",
-    type=click.Choice(["val_accuracy", "val_loss"]),
-    help="Metric for best.pt and early stopping.",
+    "--min-delta",
+    type=float,
+    callback=finite(0),
+    help="Smallest change that counts as an improvement.",
 )
-@click.option("--min-delta", type=float, help="Smallest change that counts as an improvement.")
 @click.option(
     "--image-size",
-    type=int,
+    type=click.IntRange(8, 4096),
     help="Input size (default 32 for digits and small nets, 224 otherwise).",
 )
 @click.option(
@@ -78,7 +96,10 @@ CHOICES = {
     "--hflip/--no-hflip", default=None, help="Random horizontal flips (default on, off for digits)."
 )
 @click.option(
-    "--val-fraction", type=float, help="Validation share when a folder has no val/ (default 0.2)."
+    "--val-fraction",
+    type=float,
+    callback=finite(0, 1, above=True),
+    help="Validation share when a folder has no val/ (default 0.2).",
 )
 @click.option(
     "--pretrained", is_flag=True, default=None, help="Start from torchvision's default weights."
@@ -86,11 +107,13 @@ CHOICES = {
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local state dict.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue a run from its last.pt.")
 @click.option("--seed", type=int, help="Seed for weights, shuffling and augmentation (default 0).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto.")
-@click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option("--device", type=choice(Device), help="Default auto.")
+@click.option(
+    "--workers", type=click.IntRange(0, 256), help="DataLoader worker processes (default 0)."
+)
 @click.option(
     "--nproc",
-    type=int,
+    type=click.IntRange(1, 1024),
     default=1,
     show_default=True,
     help="Processes for distributed data parallel (torchrun).",
@@ -107,7 +130,7 @@ def train(nproc: int, resume: str | None, as_json: bool, **options) -> None:
     """
     from toolkit.training.config import TrainConfig
     from toolkit.training.distributed import launch
-    from toolkit.training.run import default_run_dir, resume_config
+    from toolkit.training.run import TrainSummary, default_run_dir, resume_config
     from toolkit.training.run import train as run_training
 
     overrides = {k: v for k, v in options.items() if v is not None}
@@ -117,15 +140,16 @@ def train(nproc: int, resume: str | None, as_json: bool, **options) -> None:
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         if not config.out:
             config.out = str(default_run_dir(config.model))
-        summary = launch(config.to_dict(), resume, nproc)
+        summary = TrainSummary.from_dict(launch(config.to_dict(), resume, nproc))
     else:
         summary = run_training(config, resume=resume)
     if as_json:
-        print_json(summary)
+        print_json(summary.to_dict())
     else:
         click.echo(
-            f"best val accuracy {summary['best_val_accuracy']:.4f} "
-            f"(epoch {summary['best_epoch']}), "
-            f"{summary['epochs_run']} epochs in {summary['train_seconds']:.1f}s\n"
-            f"best: {summary['best_checkpoint']}\nlast: {summary['last_checkpoint']}"
+            f"best checkpoint: epoch {summary.best_epoch} by {summary.monitor} "
+            f"(val accuracy {summary.best_val_accuracy:.4f}, val loss "
+            f"{summary.best_val_loss:.4f}); {summary.stop_reason} in "
+            f"{summary.train_seconds:.1f}s\n"
+            f"best: {summary.best_checkpoint}\nlast: {summary.last_checkpoint}"
         )

@@ -1,11 +1,14 @@
 """`dlkit deploy`: from a checkpoint (or data) to the fastest verified Triton deployment.
 
-Every variant the device suits is built, verified (parity, accuracy budget), benchmarked and
-listed in the report with the gate that stopped it, if any; the fastest that passed is packaged
-with the fp32 ONNX as a fallback and smoke-tested on a real tritonserver.
+pipeline.py   DeployConfig and `deploy`: the stages in order, timed, failures named
+stages.py     export, quantize, accuracy, benchmark: each reusing the toolkit's own
+serving.py    package (rehearsed on a copy) and the smoke test on a real server
+selection.py  a variant's report row, and the selection rule
+report.py     DeployReport: report.json, report.md, accuracy_latency.png
 """
 
 from toolkit.deploy.pipeline import DeployConfig, deploy
+from toolkit.deploy.report import DeployReport
 from toolkit.deploy.selection import VariantReport, select_variant
 
-__all__ = ["DeployConfig", "VariantReport", "deploy", "select_variant"]
+__all__ = ["DeployConfig", "DeployReport", "VariantReport", "deploy", "select_variant"]

@@ -1,76 +1,160 @@
-"""The deploy report: JSON, Markdown and an accuracy-against-latency plot in the run folder."""
+"""The deploy report: what was done, typed, and written as JSON, Markdown and a plot."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toolkit.deploy.selection import TIE_TOLERANCE, VariantReport
-from toolkit.files import atomic_path
+from toolkit.files import write_json, write_text
+from toolkit.plots import plot_accuracy_latency
+from toolkit.tables import Column, fmt, render_markdown
+
+UNSTABLE = "!"
 
 
-def write_report(run_dir: Path, report: dict[str, Any]) -> None:
+@dataclass
+class DeployReport:
+    """Everything `dlkit deploy` did; `report.json` holds `to_dict()`."""
+
+    config: dict[str, Any]
+    run_dir: str
+    checkpoint: str | None = None
+    training: dict[str, Any] | None = None
+    variants: list[VariantReport] = field(default_factory=list)
+    selected: VariantReport | None = None
+    speedup_vs_eager_fp32: float | None = None
+    speedup_stable: bool = False  # both timings behind it settled
+    packaged: list[dict[str, Any]] = field(default_factory=list)
+    repository: str | None = None
+    repository_changed: bool = False
+    smoke_test: dict[str, Any] | None = None
+    skipped_stages: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float | None = None
+    failed_stage: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"config": self.config, "run_dir": self.run_dir}
+        if self.training is not None:
+            out["training"] = self.training
+        out |= {
+            "checkpoint": self.checkpoint,
+            "variants": [v.to_dict() for v in self.variants],
+            "selected": self.selected.to_dict() if self.selected else None,
+            "speedup_vs_eager_fp32": self.speedup_vs_eager_fp32,
+            "speedup_stable": self.speedup_stable,
+            "packaged": self.packaged,
+            "repository": self.repository,
+            "repository_changed": self.repository_changed,
+            "smoke_test": self.smoke_test,
+            "skipped_stages": self.skipped_stages,
+            "stage_seconds": self.stage_seconds,
+            "total_seconds": self.total_seconds,
+        }
+        if self.failed_stage is not None:
+            out |= {"failed_stage": self.failed_stage, "error": self.error}
+        return out
+
+
+def write_report(report: DeployReport) -> None:
     """report.json, report.md and accuracy_latency.png in the run folder."""
-    with atomic_path(run_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-    variants = [VariantReport(**v) for v in report.get("variants", [])]
-    if variants and any(v.latency_ms for v in variants):
-        from toolkit.plots import plot_accuracy_latency
-
-        selected = report.get("selected", {}).get("name")
-        plot_accuracy_latency(variants, selected, run_dir / "accuracy_latency.png")
-    history = run_dir / "train" / "history.png"
-    with atomic_path(run_dir / "report.md") as tmp:
-        tmp.write_text(format_markdown(report, variants, history.exists()))
+    run_dir = Path(report.run_dir)
+    write_json(run_dir / "report.json", report.to_dict())
+    if any(v.latency_ms for v in report.variants):
+        selected = report.selected.name if report.selected else None
+        plot_accuracy_latency(report.variants, selected, run_dir / "accuracy_latency.png")
+    write_text(run_dir / "report.md", format_markdown(report))
 
 
-def format_markdown(report: dict[str, Any], variants: list[VariantReport], curves: bool) -> str:
+def _marked(value: float | None, spec: str, stable: bool | None) -> str:
+    return fmt(value, spec) + ("" if value is None or stable in (None, True) else UNSTABLE)
+
+
+def variant_columns(selected: str | None) -> list[Column]:
+    def size(v: VariantReport) -> str:
+        weights = fmt(v.weights_bytes and v.weights_bytes / 1e6, ".2f")
+        return f"{weights} ({fmt(v.size_bytes and v.size_bytes / 1e6, '.2f')})"
+
+    return [
+        Column("variant", lambda v: v.name + (" ✅" if v.name == selected else ""), "<"),
+        Column("format", lambda v: v.format, "<"),
+        Column("precision", lambda v: v.precision, "<"),
+        Column("accuracy", lambda v: fmt(v.accuracy, ".4f")),
+        Column("drop (points)", lambda v: fmt(v.accuracy_drop_points, ".2f")),
+        Column(
+            "95% interval",
+            lambda v: (
+                "–"
+                if v.drop_ci_points is None
+                else f"{v.drop_ci_points[0]:.2f} to {v.drop_ci_points[1]:.2f}"
+            ),
+        ),
+        Column("top-1 agreement", lambda v: fmt(v.top1_agreement, ".3f")),
+        Column("p50 ms", lambda v: _marked((v.latency_ms or {}).get("p50"), ".3f", v.stable)),
+        Column("p99 ms", lambda v: _marked((v.latency_ms or {}).get("p99"), ".3f", v.stable)),
+        Column("throughput /s", lambda v: _marked(v.throughput, ".0f", v.stable)),
+        Column("weights MB (file)", size),
+        Column("gate", lambda v: str(v.gate) + (" (reused)" if v.reused else ""), "<"),
+    ]
+
+
+def _headline(report: DeployReport) -> list[str]:
+    selected = report.selected
+    if selected is None:
+        return []
+    speedup = report.speedup_vs_eager_fp32
+    if speedup is not None and report.speedup_stable:
+        claim = f": {speedup:.2f}x eager fp32"
+    elif speedup is not None:
+        claim = " (no speed-up is claimed: its timings did not settle, marked !)"
+    else:
+        claim = ""
+    return [
+        f"Selected **{selected.name}** for {report.config['objective']}{claim}, accuracy "
+        f"{selected.accuracy:.4f} (budget: at most {report.config['max_accuracy_drop']:g} "
+        "percentage points lost, where the validation set shows the loss is real).",
+        "",
+    ]
+
+
+def format_markdown(report: DeployReport) -> str:
     lines = ["# dlkit deploy report", ""]
-    if "failed_stage" in report:
-        lines += [f"**Failed at stage `{report['failed_stage']}`:** {report['error']}", ""]
-    selected = report.get("selected")
-    if selected:
-        speedup = report.get("speedup_vs_eager_fp32")
-        lines += [
-            f"Selected **{selected['name']}** for {report['config']['objective']}"
-            + (f": {speedup:.2f}x eager fp32" if speedup else "")
-            + f", accuracy {selected['accuracy']:.4f} "
-            f"(budget: at most {report['config']['max_accuracy_drop']:g} percentage points "
-            "lost).",
-            "",
-        ]
-    if variants:
-        lines += [
-            "| variant | format | precision | accuracy | drop (points) | top-1 agreement | "
-            "p50 ms | p99 ms | throughput /s | size MB | gate |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for v in variants:
-            mark = " ✅" if selected and v.name == selected["name"] else ""
-            lat = v.latency_ms or {}
-            lines.append(
-                f"| {v.name}{mark} | {v.format} | {v.precision} | {_fmt(v.accuracy, '.4f')} | "
-                f"{_fmt(v.accuracy_drop_points, '.2f')} | {_fmt(v.top1_agreement, '.3f')} | "
-                f"{_fmt(lat.get('p50'), '.3f')} | {_fmt(lat.get('p99'), '.3f')} | "
-                f"{_fmt(v.throughput, '.0f')} | {_fmt(v.size_bytes and v.size_bytes / 1e6, '.2f')}"
-                f" | {v.gate}{' (reused)' if v.reused else ''} |"
-            )
-        batch_sizes = report["config"]["batch_sizes"]
+    if report.failed_stage:
+        lines += [f"**Failed at stage `{report.failed_stage}`:** {report.error}", ""]
+    lines += _headline(report)
+    if report.variants:
+        selected = report.selected.name if report.selected else None
+        lines += render_markdown(variant_columns(selected), report.variants)
+        batch_sizes = report.config["batch_sizes"]
         lines += [
             "",
-            f"Latency at batch {min(batch_sizes)}, throughput at batch {max(batch_sizes)}. "
-            f"Variants within {TIE_TOLERANCE:.0%} of the best count as tied; the simpler wins.",
-            "",
-            "![accuracy against latency](accuracy_latency.png)",
+            f"Latency at batch {min(batch_sizes)}, throughput at batch {max(batch_sizes)}; "
+            f"every variant ran with {report.config.get('threads')} intra-op thread(s), their "
+            f"measurement windows interleaved. `{UNSTABLE}` marks figures whose windows did "
+            f"not agree. Variants within {TIE_TOLERANCE:.0%} of the best count as tied; the "
+            "simpler wins. Sizes: the model's weights, and the file in brackets.",
         ]
-    if curves:
+        notes = [f"- {v.name}: {v.note}" for v in report.variants if v.note]
+        if notes:
+            lines += ["", "Notes:", *notes]
+        lines += ["", "![accuracy against latency](accuracy_latency.png)"]
+    if (Path(report.run_dir) / "train" / "history.png").exists():
         lines += ["", "## Training", "", "![training curves](train/history.png)"]
-    if report.get("stage_seconds"):
-        lines += ["", "## Time by stage", "", "| stage | seconds |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in report["stage_seconds"].items()]
-    if report.get("smoke_test"):
-        smoke = report["smoke_test"]
+    if report.skipped_stages:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {stage}: {why}" for stage, why in report.skipped_stages.items()]
+    if report.stage_seconds:
+        lines += ["", "## Time by stage", ""]
+        stages = list(report.stage_seconds.items())
+        lines += render_markdown(
+            [Column("stage", lambda s: s[0], "<"), Column("seconds", lambda s: f"{s[1]:.1f}")],
+            stages,
+        )
+    if report.smoke_test:
+        smoke = report.smoke_test
         lines += [
             "",
             f"Smoke test: {smoke['samples']} validation images through {smoke['endpoint']}: "
@@ -78,7 +162,3 @@ def format_markdown(report: dict[str, Any], variants: list[VariantReport], curve
             f"top-1 agreement {smoke['top1_agreement']:.3f}.",
         ]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)

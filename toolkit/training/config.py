@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from toolkit.artifact import DataSource, Preprocessing
+from toolkit.artifacts.metadata import DataSource, Preprocessing
+from toolkit.choices import (
+    Autocast,
+    Dataset,
+    Device,
+    Loss,
+    Monitor,
+    Optimizer,
+    Scheduler,
+    plain,
+)
 from toolkit.data import DIGITS_IMAGE_SIZE, Augmentation
 from toolkit.errors import DlkitError
-from toolkit.models import SMALL_MODELS
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "none")
-AMP_MODES = ("off", "fp16", "bf16")
-MONITORS = ("val_accuracy", "val_loss")
+from toolkit.training.models import SMALL_MODELS
 
 
 @dataclass
@@ -70,6 +76,8 @@ class TrainConfig:
         c = dataclasses.replace(self)
         if c.data:
             c.dataset = None
+            # Absolute, so the run's checkpoints find their data from any working directory.
+            c.data = str(Path(c.data).expanduser().resolve())
         small_images = c.data is None or c.model in SMALL_MODELS
         if c.image_size is None:
             c.image_size = DIGITS_IMAGE_SIZE if small_images else 224
@@ -81,20 +89,49 @@ class TrainConfig:
             c.hflip = c.data is not None  # mirrored digits are other digits
         if c.lr is None:
             c.lr = 0.05 if c.optimizer == "sgd" else 2e-3
-        for name, value, choices in (
-            ("optimizer", c.optimizer, OPTIMIZERS),
-            ("scheduler", c.scheduler, SCHEDULERS),
-            ("amp", c.amp, AMP_MODES),
-            ("monitor", c.monitor, MONITORS),
-        ):
-            if value not in choices:
-                raise DlkitError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
-        if c.channels not in (1, 3):
-            raise DlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {c.channels}")
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(c, name) < 1:
-                raise DlkitError(f"{name.replace('_', '-')} must be at least 1")
+        c.optimizer = Optimizer.parse(c.optimizer, "optimizer")
+        c.scheduler = Scheduler.parse(c.scheduler, "scheduler")
+        c.amp = Autocast.parse(c.amp, "amp")
+        c.monitor = Monitor.parse(c.monitor, "monitor")
+        c.loss = Loss.parse(c.loss, "loss")
+        c.device = Device.parse(c.device, "device")
+        if c.dataset is not None:
+            c.dataset = Dataset.parse(c.dataset, "dataset")
+        c.check_numbers()
         return c
+
+    def check_numbers(self) -> None:
+        """Every numeric setting finite and in range: one clear message instead of a run
+        that fails later or quietly learns nothing."""
+        ranges = {
+            "epochs": (1, 100_000),
+            "batch_size": (1, 1_000_000),
+            "image_size": (1, 4096),
+            "workers": (0, 256),
+            "early_stopping": (0, 100_000),
+            "lr": (1e-12, 100.0),
+            "weight_decay": (0.0, 10.0),
+            "momentum": (0.0, 1.0),
+            "warmup_epochs": (0.0, 100_000.0),
+            "label_smoothing": (0.0, 0.999),
+            "focal_gamma": (0.0, 100.0),
+            "min_delta": (0.0, 1e6),
+            "val_fraction": (1e-6, 1 - 1e-6),
+            "rotation": (0.0, 180.0),
+            "min_crop_scale": (0.01, 1.0),
+            "crop_pct": (0.05, 1.0),
+        }
+        if self.grad_clip is not None:
+            ranges["grad_clip"] = (1e-12, 1e9)
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or not (low <= value <= high):
+                flag = name.replace("_", "-")
+                raise DlkitError(f"--{flag} must be a number from {low:g} to {high:g}, got {value}")
+        if self.channels not in (1, 3):
+            raise DlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
 
     @property
     def source(self) -> DataSource:
@@ -109,7 +146,7 @@ class TrainConfig:
         return Augmentation(self.augment, self.min_crop_scale, self.hflip, self.rotation)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

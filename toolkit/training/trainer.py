@@ -7,7 +7,6 @@ process count (DDP is a wrapper; metrics are summed across ranks). The hot loop 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -22,9 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from toolkit.artifacts.checkpoint import save_checkpoint
 from toolkit.errors import DlkitError
-from toolkit.files import atomic_path
-from toolkit.training.checkpoint import save_checkpoint
+from toolkit.files import write_json
+from toolkit.log import logger
+from toolkit.plots import plot_history
 from toolkit.training.optim import Schedule
 
 # How often (in batches) the progress bar reads the running loss back from the device.
@@ -62,6 +63,15 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
+    def reason(self, epoch: int, epochs: int) -> str:
+        """Why a run ended at `epoch` of `epochs`, in words."""
+        if self.should_stop:
+            return (
+                f"stopped early after epoch {epoch}: {self.monitor} did not improve for "
+                f"{self.bad_epochs} epochs (best {self.best:.4f} at epoch {self.best_epoch})"
+            )
+        return f"finished {epoch} of {epochs} epochs"
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
@@ -75,7 +85,9 @@ class Trainer:
     """Fits `model` and, when `run_dir` is set, writes `last.pt`, `best.pt`, `history.json` and
     `history.png` there after every epoch (rank 0 only).
 
-    `checkpoint_extra` is stored in every checkpoint (the run's metadata and configuration).
+    `checkpoint_extra` is stored in every checkpoint (the run's metadata and configuration);
+    `run_files` (name -> JSON-able object) are written beside the checkpoints with them, so a
+    run that fails before its first epoch leaves nothing behind.
     """
 
     model: nn.Module
@@ -91,6 +103,7 @@ class Trainer:
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
     run_dir: Path | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+    run_files: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
     rank: int = 0
     world_size: int = 1
@@ -229,11 +242,10 @@ class Trainer:
     def _report(self, m: dict[str, float], improved: bool) -> None:
         if self.quiet:
             return
-        print(
+        logger.info(
             f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}"
             f"  val_acc {m['val_accuracy']:.4f}  lr {m['lr']:.2e}"
-            f"  {m['images_per_second']:.0f} img/s{'  *best' if improved else ''}",
-            file=sys.stderr,
+            f"  {m['images_per_second']:.0f} img/s{'  *best' if improved else ''}"
         )
 
     # ---------------------------------------------------------------------- state and files
@@ -278,10 +290,9 @@ class Trainer:
         save_checkpoint(state, self.run_dir / "last.pt")
         if improved:
             save_checkpoint(state, self.run_dir / "best.pt")
-        with atomic_path(self.run_dir / "history.json") as tmp:
-            tmp.write_text(json.dumps(self.history, indent=2))
-        from toolkit.plots import plot_history
-
+        for name, content in self.run_files.items():
+            write_json(self.run_dir / name, content)
+        write_json(self.run_dir / "history.json", self.history)
         plot_history(self.history, self.run_dir / "history.png")
 
 

@@ -25,7 +25,7 @@ def main(job_path: str) -> None:
             (Path(job["dir"]) / "error.txt").write_text(str(exc))
         sys.exit(1)
     if rank == 0:
-        (Path(job["dir"]) / "result.json").write_text(json.dumps(summary))
+        (Path(job["dir"]) / "result.json").write_text(json.dumps(summary.to_dict()))
 
 
 if __name__ == "__main__":

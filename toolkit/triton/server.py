@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
@@ -23,13 +22,13 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import DlkitError
-from toolkit.triton.repository import CONFIG_FILE, existing_versions, read_config
+from toolkit.triton.client import TritonClient
+from toolkit.triton.configs import CONFIG_FILE, read_config
+from toolkit.triton.repository import existing_versions
 
 # Which backend serves each `platform` of a config.
 PLATFORM_BACKENDS = {
@@ -140,7 +139,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -199,7 +198,9 @@ class TritonServer:
     ):
         self.repo = Path(repo).resolve()
         self.host = host
-        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        # Port 0 means "any free port": pick one now, so the one printed is the one used.
+        self.ports = {kind: port or free_port(host) for kind, port in ports.items()}
         self.binary = binary or find_tritonserver()
         self.plan = plan_repository(self.repo, self.binary.backends(), models)
         self.log_file = Path(log_file) if log_file else None
@@ -283,7 +284,7 @@ class TritonServer:
                     f"tritonserver exited with status {self.process.returncode} while "
                     f"starting.{self._log_tail()}"
                 )
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(DlkitError):
                 states = self.model_states()
                 if all(s["state"] in ("READY", "UNAVAILABLE") for s in states.values()):
                     return
@@ -296,13 +297,10 @@ class TritonServer:
     def model_states(self) -> dict[str, dict]:
         """`{name: {"state", "reason", "version"}}` of the models it was asked to load.
 
-        Raises OSError while the HTTP endpoint is not up.
+        Raises DlkitError while the server does not answer.
         """
-        request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            index = json.load(response)
+        with TritonClient(f"http://{self.http_url}", timeout=5, retries=0) as client:
+            index = client.repository_index()
         states = {
             name: {"state": "LOADING", "reason": "", "version": ""} for name in self.plan.load
         }
@@ -368,3 +366,23 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _Stop(Exception):
+    """SIGTERM, turned into an exception in the main thread."""
+
+
+def serve_until_signal(server: TritonServer) -> int | None:
+    """Block while `server` runs: None once Ctrl-C or SIGTERM asks to stop (the caller then
+    stops it), or the server's exit status if it ended by itself."""
+
+    def on_sigterm(signum, frame):
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return server.wait()
+    except (KeyboardInterrupt, _Stop):
+        return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,27 +1,26 @@
-"""Runners: one interface over eager checkpoints, TorchScript and ONNX Runtime."""
+"""Artifacts: one interface (metadata, runners) over checkpoints, TorchScript and ONNX."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from tests.test_export import info_for
+from toolkit.artifacts import detect_format, open_runner, read_info
+from toolkit.artifacts.checkpoint import EagerRunner, save_checkpoint
+from toolkit.artifacts.onnx import OnnxRunner
+from toolkit.artifacts.torchscript import TorchScriptRunner
 from toolkit.errors import DlkitError
-from toolkit.export import export_model
-from toolkit.models import create_model
-from toolkit.runtime import EagerRunner, OnnxRunner, TorchScriptRunner, open_runner
-from toolkit.training.checkpoint import save_checkpoint
+from toolkit.variants.export import export_model
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
+def artifacts(tmp_path_factory, make_model):
     """A small RGB smallresnet as a checkpoint, ONNX and TorchScript file."""
     folder = tmp_path_factory.mktemp("artifacts")
-    torch.manual_seed(0)
-    model, spec = create_model("smallresnet", 4, 3, 16)
-    info = info_for("smallresnet", channels=3, size=16, classes=4)
-    info = info.derive(model=spec)
+    model, info = make_model("smallresnet", 3, 16, 4)
     save_checkpoint({"info": info.to_dict(), "model_state": model.state_dict()}, folder / "m.pt")
     export_model(model, info, folder, "m")
     return {
@@ -83,6 +82,7 @@ def test_cuda_is_detected_not_assumed(artifacts):
         ((2, 3, 32, 32), np.float32, r"16×16 pixels\); got \(2, 3, 32, 32\)"),
         ((3, 16, 16), np.float32, "expects a batch of shape"),
         ((2, 3, 16, 16), np.uint8, "expects float32 input after preprocessing; got uint8"),
+        ((0, 3, 16, 16), np.float32, "empty batch"),
     ],
 )
 def test_wrong_inputs_are_refused_clearly(artifacts, fmt, shape, dtype, message):
@@ -111,3 +111,61 @@ def test_files_without_metadata_and_unknown_options(tmp_path, artifacts):
         open_runner(tmp_path / "bare.onnx")
     with pytest.raises(DlkitError, match="do not take that option"):
         open_runner(artifacts["onnx"], autocast="bf16")
+
+
+@pytest.mark.parametrize("fmt", ["checkpoint", "onnx", "torchscript"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_refused(artifacts, batch, fmt, bad):
+    poisoned = batch.copy()
+    poisoned[1, 2, 3, 4] = bad
+    with pytest.raises(DlkitError, match="NaN or infinite"):
+        open_runner(artifacts[fmt])(poisoned)
+
+
+def test_formats_are_recognised_by_content(artifacts, tmp_path):
+    for fmt, path in artifacts.items():
+        renamed = tmp_path / f"{fmt}.bin"
+        renamed.write_bytes(path.read_bytes())
+        assert detect_format(renamed) == fmt
+        assert read_info(renamed).classes == ("c0", "c1", "c2", "c3")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("classes"), "missing 'classes'"),
+        (lambda d: d.update(classes=["a"]), "at least two classes"),
+        (lambda d: d.update(classes=["a", "b\nc"]), "control characters"),
+        (lambda d: d["preprocessing"].update(std=[0, 1, 1]), "std positive"),
+        (lambda d: d["preprocessing"].update(image_size=10**6), "image size"),
+        (lambda d: d.update(format="pickle"), "malformed"),
+    ],
+)
+def test_malformed_metadata_is_one_clear_error(artifacts, tmp_path, edit, message):
+    import onnx
+
+    from toolkit.artifacts.onnx import METADATA_KEY
+
+    proto = onnx.load(artifacts["onnx"])
+    info = read_info(artifacts["onnx"]).to_dict()
+    edit(info)
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = json.dumps(info)
+    onnx.save(proto, tmp_path / "bad.onnx")
+    with pytest.raises(DlkitError, match=message):
+        read_info(tmp_path / "bad.onnx")
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_metadata(artifacts, tmp_path):
+    from toolkit.artifacts.checkpoint import load_checkpoint
+
+    state = load_checkpoint(artifacts["checkpoint"]).state
+    state["info"]["classes"] = ["a", "b", "c"]  # the model answers 4
+    save_checkpoint(state, tmp_path / "wrong.pt")
+    with pytest.raises(DlkitError, match=r"answers .*4.* outputs .* lists 3 classes"):
+        open_runner(tmp_path / "wrong.pt")
+    state["model_state"]["fc.weight"] = state["model_state"]["fc.weight"][:, :2]
+    save_checkpoint(state, tmp_path / "shapes.pt")
+    with pytest.raises(DlkitError, match="do not fit"):
+        open_runner(tmp_path / "shapes.pt")

@@ -1,7 +1,8 @@
 """Model factory: small nets for small images and torchvision backbones by name.
 
 `create_model` returns the model and the `ModelSpec` that rebuilds it (`build_model`), which is
-what checkpoints store instead of pickled classes.
+what checkpoints store instead of pickled classes. Nothing here reads files: weights come in as
+state dicts (`toolkit.artifacts.checkpoint.read_state_dict` reads them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from toolkit.artifact import ModelSpec
+from toolkit.artifacts.metadata import ModelSpec
 from toolkit.errors import DlkitError
 
 SMALL_MODELS = ("simplenet", "smallresnet")
@@ -98,18 +99,36 @@ def available_models() -> list[str]:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Rebuild a model (random weights) from its spec."""
+    """Rebuild a model (random weights) from its spec; a spec that cannot build one (absurd
+    sizes, unknown arguments) is a DlkitError."""
     kwargs = dict(spec.kwargs)
-    if spec.name == "simplenet":
-        return SimpleNet(**kwargs)
-    if spec.name == "smallresnet":
-        if "widths" in kwargs:
-            kwargs["widths"] = tuple(kwargs["widths"])
-        return SmallResNet(**kwargs)
-    model = _torchvision_model(spec.name)
-    _replace_head(model, kwargs["num_classes"])
-    _adapt_first_conv(model, kwargs.get("in_channels", 3))
-    return model
+    try:
+        _check_sizes(kwargs)
+        if spec.name == "simplenet":
+            return SimpleNet(**kwargs)
+        if spec.name == "smallresnet":
+            if "widths" in kwargs:
+                kwargs["widths"] = tuple(kwargs["widths"])
+            return SmallResNet(**kwargs)
+        model = _torchvision_model(spec.name)
+        _replace_head(model, kwargs["num_classes"])
+        _adapt_first_conv(model, kwargs.get("in_channels", 3))
+        return model
+    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
+        raise DlkitError(f"cannot build {spec.name} from {spec.kwargs}: {exc}") from None
+
+
+MAX_CLASSES = 100_000
+MAX_FEATURES = 3 * 1024 * 1024
+
+
+def _check_sizes(kwargs: dict) -> None:
+    """Refuse sizes no classifier has before they allocate gigabytes."""
+    limits = {"num_classes": MAX_CLASSES, "in_channels": 3, "in_features": MAX_FEATURES}
+    for key, limit in limits.items():
+        value = kwargs.get(key)
+        if value is not None and (not isinstance(value, int) or not 1 <= value <= limit):
+            raise ValueError(f"{key} must be an integer from 1 to {limit}, got {value!r}")
 
 
 def create_model(
@@ -118,14 +137,15 @@ def create_model(
     in_channels: int = 3,
     image_size: int = 32,
     pretrained: bool = False,
-    weights: str | os.PathLike | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    weights_source: str = "--weights",
 ) -> tuple[nn.Module, ModelSpec]:
     """Create a classifier by name with `num_classes` outputs for `in_channels` inputs.
 
     `pretrained` loads torchvision's default weights (from the torch hub cache or the network);
-    `weights` loads a local state dict, either for the backbone as torchvision defines it or for
-    the finished model. Heads are replaced for `num_classes`; a first conv adapted to one input
-    channel sums the pretrained RGB filters.
+    `weights` is a state dict, either for the backbone as torchvision defines it or for the
+    finished model (`weights_source` names it in errors). Heads are replaced for
+    `num_classes`; a first conv adapted to one input channel sums the pretrained RGB filters.
     """
     if pretrained and weights:
         raise DlkitError("use either --pretrained or --weights, not both")
@@ -141,21 +161,20 @@ def create_model(
         if pretrained:
             raise DlkitError(f"{name} has no pretrained weights; use --weights PATH or no option")
         model = build_model(spec)
-        if weights:
-            _load_into(model, _read_state_dict(weights), str(weights))
+        if weights is not None:
+            load_weights(model, weights, weights_source)
         return model, spec
 
     model = _torchvision_model(name)
     if pretrained:
-        _load_into(model, _pretrained_state_dict(name), "torchvision's default weights")
-    local = _read_state_dict(weights) if weights else None
-    if local is not None and _matches(model, local):  # backbone weights as torchvision has them
-        _load_into(model, local, str(weights))
-        local = None
+        load_weights(model, _pretrained_state_dict(name), "torchvision's default weights")
+    if weights is not None and _matches(model, weights):  # backbone weights as torchvision has
+        load_weights(model, weights, weights_source)
+        weights = None
     _replace_head(model, num_classes)
     _adapt_first_conv(model, in_channels)
-    if local is not None:  # weights of the finished model
-        _load_into(model, local, str(weights))
+    if weights is not None:  # weights of the finished model
+        load_weights(model, weights, weights_source)
     return model, spec
 
 
@@ -235,24 +254,13 @@ def _pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- state dicts
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a file: a plain one, or the model weights of a dlkit checkpoint."""
-    from toolkit.training.checkpoint import read_checkpoint_file
-
-    data = read_checkpoint_file(path)
-    if isinstance(data, dict) and isinstance(data.get("model_state"), dict):
-        data = data["model_state"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise DlkitError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
-    return data
-
-
 def _matches(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     own = model.state_dict()
     return own.keys() == state.keys() and all(own[k].shape == v.shape for k, v in state.items())
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`; a mismatch names the missing, unexpected and misshapen keys."""
     if not _matches(model, state):
         own = model.state_dict()
         missing = sorted(own.keys() - state.keys())

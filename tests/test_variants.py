@@ -1,0 +1,86 @@
+"""Variants: one registry of names for bench and deploy, and the accuracy gate against the
+fp32 baseline (confidence interval, McNemar's test, when the validation set is too small)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolkit.errors import DlkitError
+from toolkit.variants.gate import Gate, GateStatus, compare_with_baseline, mcnemar_worse_p
+from toolkit.variants.registry import (
+    DEFAULT_VARIANTS,
+    DEPLOY_CANDIDATES,
+    VARIANTS,
+    get_variant,
+    resolve_variants,
+)
+
+
+def answers(n: int, baseline_only: int, variant_only: int, both_wrong: int = 0):
+    """Logits for n images where the baseline alone gets `baseline_only` right, the variant
+    alone `variant_only`, and `both_wrong` are wrong for both."""
+    labels = np.zeros(n, dtype=np.int64)
+    right, wrong = np.eye(2)[0] * 5, np.eye(2)[1] * 5
+    base = np.tile(right, (n, 1))
+    variant = np.tile(right, (n, 1))
+    i = 0
+    for count, who in ((baseline_only, variant), (variant_only, base), (both_wrong, None)):
+        for _ in range(count):
+            for logits in (base, variant) if who is None else (who,):
+                logits[i] = wrong
+            i += 1
+    return variant, base, labels
+
+
+def test_a_drop_of_two_images_in_seventy_is_not_a_refusal():
+    # The new user's case: 70 validation images, static int8 wrong on two more of them.
+    c = compare_with_baseline(*answers(70, 2, 0), max_accuracy_drop=1.0)
+    assert c.accuracy_drop_points == pytest.approx(2.857, abs=1e-3)
+    assert c.passed and c.mcnemar_p == pytest.approx(0.25)
+    assert c.drop_ci_points[0] < 0 < c.drop_ci_points[1]
+    assert "not significant" in c.note and "cannot resolve a 1-point budget" in c.note
+    assert "about " in c.note and " would" in c.note
+
+
+def test_a_real_loss_over_budget_fails_with_its_interval():
+    c = compare_with_baseline(*answers(400, 30, 2), max_accuracy_drop=1.0)
+    assert not c.passed and c.gate.status == GateStatus.FAILED
+    assert c.mcnemar_p < 0.001 and c.drop_ci_points[0] > 1.0
+    assert str(c.gate).startswith("failed: loses 7.00 points (95% interval")
+    assert c.note == ""  # 400 images resolve a 1-point budget here
+
+
+def test_within_budget_passes_and_agreement_counts_both_ways():
+    c = compare_with_baseline(*answers(100, 1, 1, both_wrong=3), max_accuracy_drop=1.0)
+    assert c.passed and c.accuracy_drop_points == 0.0
+    assert c.top1_agreement == pytest.approx(0.98)
+    assert (c.baseline_only_right, c.variant_only_right) == (1, 1)
+
+
+def test_mcnemar_exact_tail():
+    assert mcnemar_worse_p(0, 0) == 1.0
+    assert mcnemar_worse_p(3, 0) == pytest.approx(1 / 8)
+    assert mcnemar_worse_p(0, 3) == 1.0
+    assert mcnemar_worse_p(10, 0) == pytest.approx(1 / 1024)
+
+
+def test_gates_read_back_from_their_text():
+    for gate in (Gate.passed(), Gate.failed("loses 3.00 points: too many"), Gate()):
+        assert Gate.parse(str(gate)) == gate
+    assert str(Gate.failed("parity")) == "failed: parity"
+
+
+def test_one_name_set_for_bench_and_deploy():
+    for names in (*DEFAULT_VARIANTS.values(), *DEPLOY_CANDIDATES.values()):
+        assert set(names) <= set(VARIANTS)
+    assert all(VARIANTS[n].servable for names in DEPLOY_CANDIDATES.values() for n in names)
+    assert resolve_variants(["torchscript", "compile"], "cpu") == [
+        "torchscript-fp32",
+        "compile-fp32",
+    ]
+    assert get_variant("torchscript").name == "torchscript-fp32"
+    assert get_variant("eager-amp-cl").precision_on("cuda") == "fp16"
+    assert get_variant("eager-amp-cl").precision_on("cpu") == "bf16"
+    with pytest.raises(DlkitError, match="unknown variant 'fast'"):
+        get_variant("fast")

@@ -1,0 +1,87 @@
+"""Deploy's last stages: package the selected variant (and the fp32 ONNX fallback) for
+Triton, then serve the repository on a real tritonserver and check its answers.
+
+`toolkit.triton` needs tritonclient, which a machine may lack (the GPU machine does): it is
+imported inside these functions, after `triton_missing` said it is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from toolkit.choices import Backend
+from toolkit.deploy.report import DeployReport
+from toolkit.deploy.selection import VariantReport
+from toolkit.deploy.stages import rehearse, smoke_check
+from toolkit.errors import DlkitError
+from toolkit.log import logger
+
+
+def triton_missing() -> str:
+    """Why this machine cannot package for Triton, or "" when it can (tritonclient writes
+    and reads the configs)."""
+    if importlib.util.find_spec("tritonclient") is None:
+        return "tritonclient is not installed here (pip install 'tritonclient[grpc,http]')"
+    return ""
+
+
+def _backend() -> Backend:
+    """native where the server has ONNX Runtime/PyTorch backends (the NGC image), python
+    for the pip-installed server (its only backend)."""
+    from toolkit.triton.server import find_tritonserver
+
+    try:
+        binary = find_tritonserver()
+    except DlkitError:
+        return Backend.NATIVE
+    return Backend.NATIVE if "onnxruntime" in binary.backends() else Backend.PYTHON
+
+
+def package_stage(
+    config, selected: VariantReport, fallback: VariantReport, report: DeployReport
+) -> list[dict[str, Any]]:
+    """Package the selected variant and the fp32 ONNX fallback, first into a copy of the
+    repository; only when that works is the real one touched."""
+    from toolkit.triton.repository import PackageOptions, package_artifact
+
+    options = PackageOptions(backend=_backend())
+    models = [(selected, config.name)]
+    if fallback is not selected:
+        models.append((fallback, f"{config.name}_fallback"))
+
+    def package_into(target: Path) -> list[dict[str, Any]]:
+        written = []
+        for variant, name in models:
+            result = package_artifact(variant.path, target, name, options=options)
+            if target == Path(config.repo):
+                report.repository_changed = True
+            written.append(result.to_dict() | {"variant": variant.name})
+        return written
+
+    rehearse(Path(config.repo), package_into)
+    return package_into(Path(config.repo))
+
+
+def smoke_test_stage(config, selected: VariantReport, report: DeployReport) -> dict[str, Any]:
+    """Serve the repository, check the served model against the local runner on validation
+    images, then stop (or, with --serve, keep serving until Ctrl-C or SIGTERM)."""
+    from toolkit.triton.server import TritonServer, free_port, serve_until_signal
+
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    if config.serve:
+        ports = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002}
+    server = TritonServer(config.repo, models=[config.name], **ports)
+    server.start()
+    try:
+        endpoint = f"grpc://{server.grpc_url}/{config.name}"
+        result = smoke_check(selected.path, endpoint, selected.precision)
+        result["http"] = f"http://{server.http_url}"
+        if config.serve:
+            report.smoke_test = result
+            logger.info("serving %s (HTTP %s); Ctrl-C stops", endpoint, result["http"])
+            serve_until_signal(server)
+        return result
+    finally:
+        server.stop()

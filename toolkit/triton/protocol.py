@@ -1,0 +1,147 @@
+"""One interface over tritonclient's gRPC and HTTP clients, every call with a deadline.
+
+`open_transport(protocol, address, timeout)` returns a Transport whose methods answer in one
+shape whatever the protocol (metadata and indexes as dicts, configs as `ModelConfig`), and
+`retryable(exc)` says from the error's type and status code, never its text, whether trying
+again (or elsewhere) can help.
+"""
+
+from __future__ import annotations
+
+import http.client
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from toolkit.choices import Protocol
+
+# Status codes that mean "the server is not there (yet), or did not answer in time".
+RETRYABLE_STATUS = frozenset(
+    {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
+)
+DEADLINE_STATUS = frozenset({"StatusCode.DEADLINE_EXCEEDED", "504"})
+
+
+def retryable(exc: BaseException) -> bool:
+    """True for failures of the connection or the server's availability: refused, reset,
+    timed out, unavailable. False for answers the server meant (unknown model, bad input)."""
+    if isinstance(exc, InferenceServerException):
+        return str(exc.status() or "") in RETRYABLE_STATUS
+    return isinstance(exc, (OSError, TimeoutError, http.client.HTTPException))
+
+
+def timed_out(exc: BaseException) -> bool:
+    if isinstance(exc, InferenceServerException):
+        return str(exc.status() or "") in DEADLINE_STATUS
+    return isinstance(exc, TimeoutError)
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, InferenceServerException):
+        return (exc.message() or str(exc)).strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Transport:
+    """A connection to one server. Not thread-safe (HTTP); use one per thread."""
+
+    protocol: Protocol
+
+    def __init__(self, module: Any, raw: Any, timeout: float):
+        self.module, self.raw, self.timeout = module, raw, timeout
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def server_ready(self) -> bool:
+        return bool(self._call("is_server_ready"))
+
+    def model_ready(self, model: str) -> bool:
+        return bool(self._call("is_model_ready", model))
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def config(self, model: str):
+        raise NotImplementedError
+
+    def statistics(self, model: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_model(self, model: str, config_json: str | None = None) -> None:
+        self._call("load_model", model, config=config_json)
+
+    def unload_model(self, model: str) -> None:
+        self._call("unload_model", model)
+
+    def infer(self, model: str, inputs: list, outputs: list):
+        return self._call("infer", model, inputs, outputs=outputs)
+
+    def register_shm(self, name: str, key: str, size: int) -> None:
+        self._call("register_system_shared_memory", name, key, size)
+
+    def unregister_shm(self, name: str) -> None:
+        self._call("unregister_system_shared_memory", name)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.raw, method)(*args, **kwargs)
+
+
+class GrpcTransport(Transport):
+    """gRPC: every call carries `client_timeout`, so a peer that accepts the connection and
+    never answers ends in DEADLINE_EXCEEDED instead of a hang."""
+
+    protocol = Protocol.GRPC
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.raw, method)(*args, client_timeout=self.timeout, **kwargs)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        return self._call("get_model_repository_index", as_json=True).get("models", [])
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        return self._call("get_model_metadata", model, as_json=True)
+
+    def config(self, model: str):
+        return self._call("get_model_config", model).config
+
+    def statistics(self, model: str) -> dict[str, Any]:
+        return self._call("get_inference_statistics", model, as_json=True)
+
+
+class HttpTransport(Transport):
+    """HTTP: the connection and network timeouts bound every call."""
+
+    protocol = Protocol.HTTP
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        return self._call("get_model_repository_index")
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        return self._call("get_model_metadata", model)
+
+    def config(self, model: str):
+        as_dict = self._call("get_model_config", model)
+        return json_format.ParseDict(
+            as_dict, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        )
+
+    def statistics(self, model: str) -> dict[str, Any]:
+        return self._call("get_inference_statistics", model)
+
+
+def open_transport(protocol: str, address: str, timeout: float) -> Transport:
+    """A new connection to the server at `address` ("host:port")."""
+    if Protocol(protocol) == Protocol.GRPC:
+        return GrpcTransport(grpcclient, grpcclient.InferenceServerClient(address), timeout)
+    raw = httpclient.InferenceServerClient(
+        address, connection_timeout=timeout, network_timeout=timeout
+    )
+    return HttpTransport(httpclient, raw, timeout)

@@ -1,0 +1,56 @@
+"""A model served by Triton as a Runner: `open_runner("grpc://host:8001/NAME")`.
+
+Registered in `toolkit.artifacts.registry` for `grpc://` and `http://` URLs, so `dlkit eval`
+and `dlkit bench` work against a server exactly as against a file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from toolkit.artifacts.metadata import ArtifactInfo
+from toolkit.artifacts.runner import Runner
+from toolkit.choices import Format
+from toolkit.errors import DlkitError
+from toolkit.triton.client import TritonClient
+from toolkit.triton.endpoints import parse_urls
+
+
+class TritonRunner(Runner):
+    """The class names, input shape and preprocessing come from the served config, so
+    evaluation and benchmarks need nothing else. `device` is the server's business."""
+
+    name = "triton"
+
+    def __init__(self, url: str, device: str = "cpu", model: str | None = None, **options: Any):
+        endpoints = parse_urls(url)
+        self.model_name = model or endpoints[0].model
+        if not self.model_name:
+            raise DlkitError(f"no model in {url!r}; use {endpoints[0].url}/MODEL_NAME")
+        self.client = TritonClient([e.url for e in endpoints], **options)
+        self.info = self.client.info(self.model_name)
+        if self.client.model(self.model_name).takes_images:
+            raise DlkitError(
+                f"{self.model_name} takes encoded image files; open its classifier (the model "
+                "without the _ensemble suffix) as a runner"
+            )
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.client.infer(self.model_name, batch)
+
+
+class Handler:
+    suffix = ""
+    format = Format.SERVED
+
+    def read_info(self, url: str) -> ArtifactInfo:
+        endpoints = parse_urls(url)
+        if not endpoints[0].model:
+            raise DlkitError(f"no model in {url!r}; use {endpoints[0].url}/MODEL_NAME")
+        with TritonClient([e.url for e in endpoints]) as client:
+            return client.info(endpoints[0].model)
+
+    def open_runner(self, url: str, device: str = "cpu", **options: Any) -> Runner:
+        return TritonRunner(url, device=device, **options)

@@ -1,0 +1,162 @@
+"""Gates, and the one comparison of a variant with its fp32 baseline.
+
+`compare_with_baseline` takes both models' logits on the same labelled images and reports the
+accuracy of each, the drop in percentage points with a 95% confidence interval for paired
+answers, top-1 agreement, and McNemar's exact test on the images where exactly one of them is
+right. The gate fails a variant whose drop exceeds the budget *and* is significantly worse
+than the baseline; a drop over budget that the validation set cannot tell from noise passes,
+with a note saying so and about how many images would decide it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from toolkit.choices import Choice
+
+Z95 = 1.959964
+SIGNIFICANCE = 0.05
+
+
+class GateStatus(Choice):
+    PENDING = "pending"
+    PASSED = "passed"
+    FAILED = "failed"
+    BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether a variant may go on, and why not. Shown as "passed" or "failed: why"."""
+
+    status: GateStatus = GateStatus.PENDING
+    reason: str = ""
+
+    @classmethod
+    def passed(cls) -> Gate:
+        return cls(GateStatus.PASSED)
+
+    @classmethod
+    def failed(cls, reason: str) -> Gate:
+        return cls(GateStatus.FAILED, reason)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == GateStatus.PASSED
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.reason}" if self.reason else str(self.status)
+
+    @classmethod
+    def parse(cls, text: str) -> Gate:
+        """The gate `str(gate)` came from (reports store gates as text)."""
+        status, _, reason = text.partition(": ")
+        return cls(GateStatus(status), reason)
+
+
+@dataclass(frozen=True)
+class AccuracyComparison:
+    """A variant against its fp32 baseline on the same images (accuracies are fractions,
+    drops are percentage points)."""
+
+    accuracy: float
+    baseline_accuracy: float
+    accuracy_drop_points: float
+    drop_ci_points: tuple[float, float]
+    top1_agreement: float
+    samples: int
+    baseline_only_right: int  # images the baseline gets right and the variant wrong
+    variant_only_right: int
+    mcnemar_p: float  # one-sided: the variant is worse
+    max_accuracy_drop: float
+    gate: Gate
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "baseline_accuracy": self.baseline_accuracy,
+            "accuracy_drop_points": self.accuracy_drop_points,
+            "drop_ci_points": list(self.drop_ci_points),
+            "top1_agreement": self.top1_agreement,
+            "samples": self.samples,
+            "baseline_only_right": self.baseline_only_right,
+            "variant_only_right": self.variant_only_right,
+            "mcnemar_p": self.mcnemar_p,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "gate": str(self.gate),
+            "note": self.note,
+        }
+
+
+def mcnemar_worse_p(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value that the variant is worse: the chance of at least `b`
+    of the `b + c` disagreeing images going the baseline's way if both were equally good."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n)
+
+
+def images_to_resolve(budget_points: float, discordant_rate: float) -> int:
+    """About how many images make the 95% interval of a paired drop narrower than the budget."""
+    rate = max(discordant_rate, 0.01)
+    return math.ceil(Z95**2 * rate / (max(budget_points, 0.01) / 100) ** 2)
+
+
+def compare_with_baseline(
+    logits: np.ndarray, baseline_logits: np.ndarray, labels: np.ndarray, max_accuracy_drop: float
+) -> AccuracyComparison:
+    """Compare a variant's answers with the baseline's on the same labelled images and decide
+    its gate against `max_accuracy_drop` (percentage points)."""
+    n = len(labels)
+    right = logits.argmax(1) == labels
+    base_right = baseline_logits.argmax(1) == labels
+    b = int((base_right & ~right).sum())
+    c = int((right & ~base_right).sum())
+    drop = (b - c) / n * 100
+    half = Z95 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n * 100
+    p = mcnemar_worse_p(b, c)
+    note = ""
+    if drop - half <= max_accuracy_drop < drop + half:  # the interval straddles the budget
+        note = (
+            f"{n} validation images cannot resolve a {max_accuracy_drop:g}-point budget (one "
+            f"image is {100 / n:.2f} points; 95% interval ±{half:.2f}); about "
+            f"{images_to_resolve(max_accuracy_drop, (b + c) / n)} would"
+        )
+    if drop <= max_accuracy_drop:
+        gate = Gate.passed()
+    elif p < SIGNIFICANCE:
+        gate = Gate.failed(
+            f"loses {drop:.2f} points (95% interval {drop - half:.2f} to {drop + half:.2f}; "
+            f"McNemar p={p:.3g}; budget {max_accuracy_drop:g})"
+        )
+    else:
+        gate = Gate.passed()
+        note = (
+            f"the drop of {drop:.2f} points is over the {max_accuracy_drop:g}-point budget but "
+            f"not significant (McNemar p={p:.2f} on {b + c} disagreeing images)"
+            + (f"; {note}" if note else "")
+        )
+    return AccuracyComparison(
+        accuracy=float(right.mean()),
+        baseline_accuracy=float(base_right.mean()),
+        accuracy_drop_points=round(drop, 6),
+        drop_ci_points=(round(drop - half, 6), round(drop + half, 6)),
+        top1_agreement=float((logits.argmax(1) == baseline_logits.argmax(1)).mean()),
+        samples=n,
+        baseline_only_right=b,
+        variant_only_right=c,
+        mcnemar_p=p,
+        max_accuracy_drop=max_accuracy_drop,
+        gate=gate,
+        note=note,
+    )
