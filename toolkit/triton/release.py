@@ -1,0 +1,11 @@
+"""The NGC Triton release dlkit targets, in one place (import-light: no tritonclient here).
+
+The Dockerfile's `ARG TRITON_VERSION` and the Kubernetes manifests use it; a test checks
+both, and that the pip-installed server the tests run is this release's Triton version.
+"""
+
+from __future__ import annotations
+
+TRITON_RELEASE = "24.10"  # NGC container release (yy.mm)
+TRITON_SERVER_VERSION = "2.51.0"  # the Triton Inference Server that release ships
+TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3"
