@@ -11,6 +11,7 @@
 #   dlkit predict --url 127.0.0.1:8001 --model digits image.png
 #
 # 24.10 ships Triton 2.51, the version of the pip-installed server dlkit tests against.
+# Keep it equal to TRITON_RELEASE in toolkit/triton/release.py (a test checks).
 ARG TRITON_VERSION=24.10
 FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3
 

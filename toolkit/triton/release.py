@@ -1,6 +1,13 @@
-"""Constants of the Triton dlkit serves with, import-light (the CLI reads them for --help)."""
+"""The Triton release dlkit targets and its defaults, in one place (import-light: no
+tritonclient here, so the CLI can show them in --help).
 
-# Triton 2.51: the pip-installed server dlkit tests against, and the NGC image release that
-# ships it (the Dockerfile's TRITON_VERSION).
-TRITON_RELEASE = "24.10"
+The Dockerfile's `ARG TRITON_VERSION` and the Kubernetes manifests use the release; a test
+checks both, and that the pip-installed server the tests run is this release's Triton.
+"""
+
+from __future__ import annotations
+
+TRITON_RELEASE = "24.10"  # NGC container release (yy.mm)
+TRITON_SERVER_VERSION = "2.51.0"  # the Triton Inference Server that release ships
+TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{TRITON_RELEASE}-py3"
 DEFAULT_QUEUE_DELAY_US = 2000

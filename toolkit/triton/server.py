@@ -175,6 +175,36 @@ def server_environment(binary: ServerBinary) -> dict[str, str]:
     return env
 
 
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+def server_arguments(
+    repository: str | os.PathLike,
+    models: list[str],
+    host: str | None = None,
+    ports: dict[str, int] = DEFAULT_PORTS,
+    strict: bool = False,
+) -> list[str]:
+    """tritonserver's arguments (after the binary) to serve `models` of `repository` by name.
+
+    Explicit model control, so exactly `models` are loaded. Not `strict` (`dlkit serve`): a
+    model that fails to load is reported, not fatal to the others, and the server is ready
+    without it. `strict` (a Kubernetes pod): such a model stops the server, and ready means
+    every model is. `host=None` keeps Triton's default address (every interface).
+    """
+    flag = str(strict).lower()
+    args = [
+        f"--model-repository={repository}",
+        "--model-control-mode=explicit",
+        f"--exit-on-error={flag}",
+        f"--strict-readiness={flag}",
+    ]
+    if host is not None:
+        args += [f"--{kind}-address={host}" for kind in ("http", "grpc", "metrics")]
+    args += [f"--{kind}-port={port}" for kind, port in ports.items()]
+    return args + [f"--load-model={name}" for name in models]
+
+
 class TritonServer:
     """One `tritonserver` process on a repository, bound to `host`.
 
@@ -188,9 +218,9 @@ class TritonServer:
         self,
         repo: str | os.PathLike = "model_repository",
         host: str = "127.0.0.1",
-        http_port: int = 8000,
-        grpc_port: int = 8001,
-        metrics_port: int = 8002,
+        http_port: int = DEFAULT_PORTS["http"],
+        grpc_port: int = DEFAULT_PORTS["grpc"],
+        metrics_port: int = DEFAULT_PORTS["metrics"],
         models: list[str] | None = None,
         log_file: str | os.PathLike | None = None,
         stream_log: bool = False,
@@ -226,20 +256,11 @@ class TritonServer:
         return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
     def command(self, backends_dir: Path) -> list[str]:
-        cmd = [
+        return [
             str(self.binary.path),
-            f"--model-repository={self.repo}",
             f"--backend-directory={backends_dir}",
-            "--model-control-mode=explicit",
-            # A model that fails to load is reported, not fatal to the others.
-            "--exit-on-error=false",
-            "--strict-readiness=false",
-            f"--http-address={self.host}",
-            f"--grpc-address={self.host}",
-            f"--metrics-address={self.host}",
+            *server_arguments(self.repo, self.plan.load, host=self.host, ports=self.ports),
         ]
-        cmd += [f"--{kind}-port={port}" for kind, port in self.ports.items()]
-        return cmd + [f"--load-model={name}" for name in self.plan.load]
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         """Start the server and wait until its models are loaded; raises DlkitError with the

@@ -1,0 +1,129 @@
+"""What `dlkit k8s` is asked for (`K8sOptions`), checked and resolved into a `ServingSpec`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from toolkit.errors import DlkitError
+from toolkit.k8s.store import ModelStore, parse_store, storage_uri
+from toolkit.triton.release import TRITON_IMAGE
+
+DEFAULT_NAME = "triton"
+DEFAULT_IMAGE = "dlkit-triton:latest"  # the Dockerfile's image: the repository is at /models
+DEFAULT_MAX_REPLICAS = 4
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    """The knobs of `dlkit k8s`; None means "derive it" (see `resolve`)."""
+
+    name: str = DEFAULT_NAME
+    image: str | None = None  # default: DEFAULT_IMAGE for the image store, else TRITON_IMAGE
+    store: str = "image"
+    replicas: int | None = None  # pods at first; the autoscaler's floor unless min_replicas
+    min_replicas: int | None = None
+    max_replicas: int | None = None  # default: DEFAULT_MAX_REPLICAS (or the floor, if higher)
+    gpus: int = 0
+    cpu: str = "1"
+    cpu_limit: str = "2"
+    memory: str = "4Gi"  # request and limit: a pod over its request is the first one evicted
+    namespace: str | None = None
+    kserve: bool = False
+    target_queue_ms: float = 10.0
+    target_cpu: int = 80
+
+
+@dataclass(frozen=True)
+class Replicas:
+    start: int
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """Everything the manifests need, checked: options plus what was derived from them."""
+
+    options: K8sOptions
+    store: ModelStore
+    models: tuple[str, ...]
+    replicas: Replicas
+    image: str
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def target_queue_us(self) -> int:
+        return round(self.options.target_queue_ms * 1000)
+
+
+def resolve(options: K8sOptions, models: list[str]) -> ServingSpec:
+    """Check `options` and derive the rest; raises DlkitError naming the option to fix."""
+    _check_names(options)
+    for option, value in (("--cpu", options.cpu), ("--cpu-limit", options.cpu_limit)):
+        _check_quantity(option, value, "500m or 2")
+    _check_quantity("--memory", options.memory, "512Mi or 4Gi")
+    if options.gpus < 0:
+        raise DlkitError(f"--gpus must be 0 or more (got {options.gpus})")
+    if options.target_queue_ms <= 0 or options.target_cpu <= 0:
+        raise DlkitError("--target-queue-ms and --target-cpu must be more than 0")
+    store = parse_store(options.store)
+    if options.kserve:
+        storage_uri(store)  # refuses a store KServe cannot fetch
+        if options.image is not None:
+            raise DlkitError(
+                "--image does not apply with --kserve: KServe's Triton runtime runs "
+                f"{TRITON_IMAGE} (its runtimeVersion)"
+            )
+    image = options.image or (DEFAULT_IMAGE if store.kind == "image" else TRITON_IMAGE)
+    return ServingSpec(options, store, tuple(models), resolve_replicas(options), image)
+
+
+def resolve_replicas(options: K8sOptions) -> Replicas:
+    """The starting count and the autoscaling range; each at least 1, start within the range."""
+    given = {
+        "--replicas": options.replicas,
+        "--min-replicas": options.min_replicas,
+        "--max-replicas": options.max_replicas,
+    }
+    for option, value in given.items():
+        if value is not None and value < 1:
+            raise DlkitError(f"{option} must be at least 1 (got {value})")
+    low, high, start = options.min_replicas, options.max_replicas, options.replicas
+    if low is not None and high is not None and low > high:
+        raise DlkitError(f"--min-replicas {low} is more than --max-replicas {high}")
+    if low is None:
+        low = start or 1
+    if start is None:
+        start = low
+    if high is None:
+        high = max(DEFAULT_MAX_REPLICAS, low, start)
+    if start < low:
+        raise DlkitError(f"--replicas {start} is less than --min-replicas {low}")
+    if start > high:
+        raise DlkitError(f"--replicas {start} is more than --max-replicas {high}")
+    return Replicas(start, low, high)
+
+
+def _check_names(options: K8sOptions) -> None:
+    # Service names must also start with a letter (RFC 1035).
+    if not _DNS_LABEL.match(options.name) or not options.name[0].isalpha():
+        raise DlkitError(
+            f"--name {options.name!r} is not a valid Kubernetes name: lower-case letters, "
+            "digits and '-', starting with a letter, at most 63 characters"
+        )
+    if options.namespace is not None and not _DNS_LABEL.match(options.namespace):
+        raise DlkitError(
+            f"--namespace {options.namespace!r} is not a valid namespace: lower-case letters, "
+            "digits and '-', at most 63 characters"
+        )
+
+
+def _check_quantity(option: str, value: str, example: str) -> None:
+    if not _QUANTITY.match(value):
+        raise DlkitError(f"{option} {value!r} is not a Kubernetes quantity (e.g. {example})")
