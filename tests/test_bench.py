@@ -386,6 +386,20 @@ def test_cuda_rows_report_end_to_end_and_device_only_timings():
         assert r["device_latency_ms"]["p50"] > 0 and r["peak_memory_bytes"] > 0
 
 
+def test_onnx_variants_on_cuda_without_a_cuda_provider_skip_before_exporting(tmp_path):
+    from toolkit.bench.variants import VARIANTS, Source, VariantSkipped
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model, spec = create_model("smallresnet", 4, 3, 16)
+    info = info_for("smallresnet", channels=3, size=16, classes=4).derive(model=spec)
+    source = Source(model, info, "cuda", None, tmp_path)
+    for name in ("onnx-fp32", "onnx-fp16", "onnx-int8-static"):
+        with pytest.raises(VariantSkipped, match="no CUDA provider"):
+            VARIANTS[name].build(source, 1)
+    assert list(tmp_path.iterdir()) == []  # nothing was exported or quantized
+
+
 def test_device_only_call_uses_the_runners_model_autocast_and_layout(static_onnx):
     # On CUDA this call is timed with CUDA events; here it runs on the CPU tensors it prepares.
     from toolkit.bench.run import _device_call
