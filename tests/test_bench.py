@@ -400,6 +400,21 @@ def test_onnx_variants_on_cuda_without_a_cuda_provider_skip_before_exporting(tmp
     assert list(tmp_path.iterdir()) == []  # nothing was exported or quantized
 
 
+def test_goals_say_by_how_much_they_were_missed():
+    report = fake_report()
+    report["goals"] = [
+        {"goal": "fast", "value": 5.0, "target": 4.5, "passed": True, "why": ""},
+        {"goal": "faster", "value": 1.8, "target": 2.0, "passed": False, "why": ""},
+        {"goal": "measured", "value": None, "target": 2.0, "passed": False, "why": "no rows"},
+    ]
+    lines = format_table(report).splitlines()[-3:]
+    assert lines == [
+        "goal: fast: 5.00x (target 4.5x), met",
+        "goal: faster: 1.80x (target 2x), NOT met: 10% short",
+        "goal: measured: not measured (no rows)",
+    ]
+
+
 def test_device_only_call_uses_the_runners_model_autocast_and_layout(static_onnx):
     # On CUDA this call is timed with CUDA events; here it runs on the CPU tensors it prepares.
     from toolkit.bench.run import _device_call

@@ -153,15 +153,15 @@ def _harness_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _goal_lines(report: dict[str, Any]) -> list[str]:
-    return [
-        f"goal: {g['goal']}: "
-        + (
-            f"{g['value']:.2f}x (target {g['target']:g}x), {'met' if g['passed'] else 'NOT met'}"
-            if g["value"] is not None
-            else f"not measured ({g['why']})"
-        )
-        for g in report.get("goals", [])
-    ]
+    def outcome(g: dict[str, Any]) -> str:
+        if g["value"] is None:
+            return f"not measured ({g['why']})"
+        if g["passed"]:
+            return f"{g['value']:.2f}x (target {g['target']:g}x), met"
+        short = 1 - g["value"] / g["target"]
+        return f"{g['value']:.2f}x (target {g['target']:g}x), NOT met: {short:.0%} short"
+
+    return [f"goal: {g['goal']}: {outcome(g)}" for g in report.get("goals", [])]
 
 
 def format_table(report: dict[str, Any]) -> str:
