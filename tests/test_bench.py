@@ -369,7 +369,7 @@ def test_compiled_variants_run_from_a_checkpoint(tmp_path):
     assert report["skipped"] == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_rows_report_end_to_end_and_device_only_timings():
     report = run_benchmark(
         model="smallresnet",
@@ -381,6 +381,7 @@ def test_cuda_rows_report_end_to_end_and_device_only_timings():
         config=MeasureConfig(warmup=3, iters=20, max_time=2),
     )
     assert report["environment"]["gpu"]["name"]
+    assert report["skipped"] == []
     for r in report["results"]:
         assert r["includes_host_copies"] is True
         assert r["device_latency_ms"]["p50"] > 0 and r["peak_memory_bytes"] > 0
