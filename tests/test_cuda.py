@@ -7,6 +7,7 @@ runs them on a GPU machine. Small models throughout, so they take well under two
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -123,6 +124,8 @@ def test_peak_memory_is_positive_and_grows_with_the_batch():
 @pytest.fixture
 def memory_cap():
     """This process may hold at most 128 MiB of GPU memory during one test."""
+    torch.compiler.reset()  # earlier tests' CUDA graphs keep private memory pools until then
+    gc.collect()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(128 * 2**20 / total)
