@@ -182,7 +182,15 @@ def measure(pairs: list[Pair], rounds: int, device: torch.device) -> None:
 
 
 def profile_step(pair: Pair, device: torch.device) -> str:
-    """One Trainer step under torch.profiler: ops ranked by their own device (CPU) time."""
+    """One Trainer step under torch.profiler: ops ranked by their own device (CPU) time. A
+    profiler that cannot start here costs only its table, not the measurements."""
+    try:
+        return _profile_table(pair, device)
+    except Exception as exc:
+        return f"profiling failed: {type(exc).__name__}: {exc}"
+
+
+def _profile_table(pair: Pair, device: torch.device) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
