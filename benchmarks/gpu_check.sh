@@ -7,8 +7,8 @@
 # Nothing is installed: dlkit runs from this tree (PYTHONPATH), with python3 or $PYTHON. Steps:
 # environment (nvidia-smi, versions, which packages and toolkit modules import), `dlkit train`
 # on CUDA with AMP fp16, `dlkit eval` of that checkpoint on the CPU with CUDA hidden, the
-# out-of-memory message, `pytest -m cuda`, benchmarks/amp_training.py,
-# benchmarks/cuda_variants.py, `dlkit deploy --device cuda --no-smoke-test`. Each runs under
+# out-of-memory message, `pytest -m cuda`, `dlkit deploy --device cuda --no-smoke-test`,
+# benchmarks/amp_training.py, benchmarks/cuda_variants.py. Each runs under
 # `timeout`, clipped to an overall deadline (GPU_CHECK_SECONDS, default 400 s), with its log
 # kept; a failure is recorded and the next step runs. Everything is packed into one archive,
 # OUTDIR/gpu_check.tar.gz (rewritten after every step, so a run cut short returns what it did),
@@ -122,9 +122,10 @@ step train 75 train_step
 step eval_cpu 45 eval_step
 step oom 60 oom_step
 step pytest_cuda 150 pytest_step --junitxml "$WORK/pytest_cuda.xml"
-step amp_training 100 amp_step
-step cuda_variants 210 variants_step
 step deploy 90 deploy_step
+step amp_training 100 amp_step
+# Last, as it keeps what it measured when cut short (its sweeps are ordered for that).
+step cuda_variants 210 variants_step
 if grep -q $'^pytest_cuda\tfailed' "$WORK/steps.tsv"; then
     # Which failures are only warnings turned into errors (pyproject's filterwarnings)?
     step pytest_cuda_warnings_allowed 120 pytest_step -W default \

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["environment", "train", "eval_cpu", "oom", "pytest_cuda", "amp_training"]
-STEPS += ["cuda_variants", "deploy"]
+STEPS = ["environment", "train", "eval_cpu", "oom", "pytest_cuda", "deploy", "amp_training"]
+STEPS += ["cuda_variants"]
 
 
 def test_hidden_modules_cannot_be_imported():
