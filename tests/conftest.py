@@ -37,7 +37,7 @@ TRAINING_FIXTURES = {"tiny_run"}
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a GPU: skipped (with the reason) where there is none. A fast
     test that asks for a trained model is a mistake in the suite: refused at collection."""
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these)")
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)

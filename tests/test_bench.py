@@ -398,9 +398,39 @@ def test_cuda_rows_report_end_to_end_and_device_only_timings():
         config=MeasureConfig(warmup=3, iters=20, max_time=2),
     )
     assert report.environment["gpu"]["name"]
+    assert report.skipped == []
     for r in report.results:
         assert r.to_dict()["includes_host_copies"] is True
         assert r.device_latency_ms["p50"] > 0 and r.peak_memory_bytes > 0
+
+
+def test_onnx_variants_on_cuda_without_a_cuda_provider_skip_before_exporting(tmp_path, make_model):
+    from toolkit.variants.build import Source, VariantSkipped, build_runner
+    from toolkit.variants.registry import VARIANTS
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model, info = make_model("smallresnet", 3, 16, 4)
+    source = Source(model, info, "cuda", None, tmp_path)
+    for name in ("onnx-fp32", "onnx-fp16", "onnx-int8-static"):
+        with pytest.raises(VariantSkipped, match="no CUDA provider"):
+            build_runner(VARIANTS[name], source, 1)
+    assert list(tmp_path.iterdir()) == []  # nothing was exported or quantized
+
+
+def test_goals_say_by_how_much_they_were_missed():
+    report = fake_report()
+    report.goals = [
+        {"goal": "fast", "value": 5.0, "target": 4.5, "passed": True, "why": ""},
+        {"goal": "faster", "value": 1.8, "target": 2.0, "passed": False, "why": ""},
+        {"goal": "measured", "value": None, "target": 2.0, "passed": False, "why": "no rows"},
+    ]
+    lines = format_table(report).splitlines()[-3:]
+    assert lines == [
+        "goal: fast: 5.00x (target 4.5x), met",
+        "goal: faster: 1.80x (target 2x), NOT met: 10% short",
+        "goal: measured: not measured (no rows)",
+    ]
 
 
 def test_device_only_call_uses_the_runners_model_autocast_and_layout(static_onnx, make_model):

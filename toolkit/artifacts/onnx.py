@@ -174,6 +174,12 @@ class Handler:
     suffix = ".onnx"
     format = Format.ONNX
 
+    def unavailable(self, device: str) -> str:
+        """Why ONNX cannot run on `device` here, or "" (checked before any file is made)."""
+        if device == Device.CUDA and not gpu_providers():
+            return "ONNX Runtime has no CUDA provider here (onnxruntime-gpu runs ONNX on the GPU)"
+        return ""
+
     def read_info(self, path: str | os.PathLike) -> ArtifactInfo:
         return read_info(path)
 

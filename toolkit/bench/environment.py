@@ -96,9 +96,25 @@ def _gpu_info() -> dict[str, Any]:
         "driver": _nvidia_driver(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
-        # TF32 makes "fp32" convolutions and matmuls faster and less precise: say which ran.
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        **tf32_settings(),
+    }
+
+
+def tf32_settings() -> dict[str, bool]:
+    """Whether "fp32" matmuls and convolutions may run as TF32 (faster, less precise): say which
+    ran. Read through `fp32_precision` where torch has it: from 2.9 on, reading the older
+    `allow_tf32` flags warns that they are deprecated."""
+    import torch
+
+    matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if matmul is None:
+        return {
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        }
+    return {
+        "tf32_matmul": matmul == "tf32",
+        "tf32_cudnn": torch.backends.cudnn.conv.fp32_precision == "tf32",
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from toolkit.bench.results import BenchReport, BenchRow
 from toolkit.files import write_json, write_text
@@ -143,15 +144,15 @@ def harness_lines(report: BenchReport) -> list[str]:
 
 
 def goal_lines(report: BenchReport) -> list[str]:
-    return [
-        f"goal: {g['goal']}: "
-        + (
-            f"{g['value']:.2f}x (target {g['target']:g}x), {'met' if g['passed'] else 'NOT met'}"
-            if g["value"] is not None
-            else f"not measured ({g['why']})"
-        )
-        for g in report.goals or []
-    ]
+    def outcome(g: dict[str, Any]) -> str:
+        if g["value"] is None:
+            return f"not measured ({g['why']})"
+        if g["passed"]:
+            return f"{g['value']:.2f}x (target {g['target']:g}x), met"
+        short = 1 - g["value"] / g["target"]
+        return f"{g['value']:.2f}x (target {g['target']:g}x), NOT met: {short:.0%} short"
+
+    return [f"goal: {g['goal']}: {outcome(g)}" for g in report.goals or []]
 
 
 def format_table(report: BenchReport) -> str:

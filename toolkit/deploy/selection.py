@@ -33,6 +33,7 @@ class VariantReport:
     size_bytes: int | None = None
     weights_bytes: int | None = None
     gate: Gate = field(default_factory=Gate)
+    verified: bool = False  # passed parity and accuracy (whatever the benchmark said)
     note: str = ""
     latency_ms: dict[str, float] | None = None  # p50/p99… at the smallest batch size
     throughput: float | None = None  # samples/s at the largest batch size

@@ -143,8 +143,10 @@ def build_runner(variant: Variant, source: Source, batch_size: int) -> Runner:
     if variant.build == PT2E:
         return _pt2e_int8(source, variant, batch_size)
     if variant.build == FILE:
+        runtime = handler(variant.format)
+        why = runtime.unavailable(source.device) if hasattr(runtime, "unavailable") else ""
+        if why:  # before exporting or quantizing anything for it
+            raise VariantSkipped(why)
         path = source.artifact(variant)
-        return handler(variant.format).open_runner(
-            path, device=source.device, threads=source.threads
-        )
+        return runtime.open_runner(path, device=source.device, threads=source.threads)
     raise DlkitError(f"variant {variant.name} has an unknown build {variant.build!r}")
