@@ -55,8 +55,8 @@ def toolkit_imports() -> dict[str, str]:
 def environment(folder: Path) -> dict[str, Any]:
     import torch
 
-    from toolkit.bench.environment import describe_environment
     from toolkit.artifacts.onnx import gpu_providers
+    from toolkit.bench.environment import describe_environment
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = describe_environment(device)

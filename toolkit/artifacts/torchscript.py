@@ -31,7 +31,8 @@ EXTRA_FILE = "dlkit.json"  # the metadata, in the archive's extra/ folder
 MAX_CODE_BYTES = 64 * 1024 * 1024
 
 # Operators an exported image classifier calls (convolutions, norms, activations, pooling,
-# linear layers, shape and arithmetic helpers). Anything else is refused without --trust.
+# attention, linear layers, shape and arithmetic helpers, the checks scripting inserts), as
+# found in the exports of torchvision's families. Anything else is refused without --trust.
 ALLOWED_OPERATORS = frozenset(
     """
     _convolution conv1d conv2d conv3d conv_transpose2d convolution batch_norm layer_norm
@@ -47,6 +48,9 @@ ALLOWED_OPERATORS = frozenset(
     Int Bool floor ceil floordiv eq ne lt le gt ge warn format list append extend keys
     values items __contains__ tuple_index NumToTensor TupleConstruct TupleUnpack
     ListConstruct ListUnpack dtype device unchecked_cast annotate uninitialized isinstance
+    RaiseException __not__ _native_multi_head_attention all any is_autocast_enabled
+    is_grad_enabled is_nested requires_grad scaled_dot_product_attention type unflatten
+    floor_divide
     """.split()  # noqa: SIM905 (a word list reads better than a 150-line tuple)
 )
 _CALL = re.compile(r"\b(?:torch|ops\.\w+)\.(\w+)\s*\(")

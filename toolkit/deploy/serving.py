@@ -7,7 +7,7 @@ imported inside these functions, after `triton_missing` said it is there.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from toolkit.log import logger
 def triton_missing() -> str:
     """Why this machine cannot package for Triton, or "" when it can (tritonclient writes
     and reads the configs)."""
-    if importlib.util.find_spec("tritonclient") is None:
-        return "tritonclient is not installed here (pip install 'tritonclient[grpc,http]')"
+    try:
+        importlib.import_module("tritonclient.grpc.model_config_pb2")
+    except ImportError as exc:
+        return f"tritonclient cannot be imported here ({exc}): pip install tritonclient[grpc,http]"
     return ""
 
 
