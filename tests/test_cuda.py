@@ -38,10 +38,12 @@ TOLERANCE = {"fp32": 1e-2, "fp16": 1e-2, "bf16": 5e-2}
 RUNNERS = [
     ("eager-fp32", "fp32"),
     ("eager-amp-cl", "fp16"),
+    ("eager-fp16-cl", "fp16"),
     ("eager-bf16-cl", "bf16"),
     ("torchscript-fp32", "fp32"),
     ("compile-fp32", "fp32"),
     ("compile-amp-cl", "fp16"),
+    ("compile-fp16-cl", "fp16"),
 ]
 
 

@@ -84,3 +84,32 @@ def test_one_name_set_for_bench_and_deploy():
     assert get_variant("eager-amp-cl").precision_on("cpu") == "bf16"
     with pytest.raises(DlkitError, match="unknown variant 'fast'"):
         get_variant("fast")
+
+
+def test_fp16_weight_variants_run_on_cuda_only(make_model, tmp_path):
+    from toolkit.variants.build import Source, VariantSkipped, build_runner
+
+    model, info = make_model("smallresnet", 3, 16, 4)
+    source = Source(model, info, "cpu", 1, tmp_path)
+    for name in ("eager-fp16-cl", "compile-fp16-cl"):
+        assert VARIANTS[name].cast == "fp16" and VARIANTS[name].channels_last
+        with pytest.raises(VariantSkipped, match="runs on CUDA"):
+            build_runner(VARIANTS[name], source, 1)
+    assert VARIANTS["eager-amp-cl"].cast is None and VARIANTS["eager-amp-cl"].autocast
+
+
+def test_a_cast_runner_feeds_its_own_precision(make_model):
+    import torch
+
+    from toolkit.artifacts.checkpoint import EagerRunner
+
+    model, info = make_model("smallresnet", 3, 16, 4)
+    batch = np.random.default_rng(0).standard_normal((2, 3, 16, 16), dtype=np.float32)
+    reference = EagerRunner(model=model, info=info)(batch)
+    runner = EagerRunner(model=make_model("smallresnet", 3, 16, 4)[0], info=info, cast="bf16")
+    assert (
+        runner.dtype == torch.bfloat16 and next(runner.model.parameters()).dtype == torch.bfloat16
+    )
+    out = runner(batch)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, reference, atol=0.1 * np.abs(reference).max())

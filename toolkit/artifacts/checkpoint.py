@@ -147,6 +147,7 @@ class EagerRunner(Runner):
         channels_last: bool = False,
         model: nn.Module | None = None,
         info: ArtifactInfo | None = None,
+        cast: str | None = None,
     ):
         set_torch_threads(threads)
         self.device = resolve_device(device)
@@ -154,12 +155,16 @@ class EagerRunner(Runner):
             model, info = load_model(path)
         self.model, self.info = model.eval(), info
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
-        self.model.to(self.device, memory_format=self.memory_format)
+        # `cast`: weights and inputs in fp16/bf16 (inference in that precision, no autocast).
+        self.dtype = AUTOCAST_DTYPES[Autocast.parse(cast, "cast")] if cast else torch.float32
+        self.model.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         mode = Autocast.parse(autocast or "off", "autocast")
         self.autocast_dtype = AUTOCAST_DTYPES.get(mode)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, memory_format=self.memory_format)
+        x = torch.from_numpy(batch).to(
+            self.device, dtype=self.dtype, memory_format=self.memory_format
+        )
         enabled = self.autocast_dtype is not None
         with (
             torch.inference_mode(),

@@ -314,11 +314,12 @@ def _device_call(runner: Runner, batch: np.ndarray) -> Callable[[], Any] | None:
     format as the runner uses), or None for backends that do not expose one."""
     if isinstance(runner, EagerRunner):
         module, dtype, layout = runner.model, runner.autocast_dtype, runner.memory_format
+        cast = runner.dtype
     elif isinstance(runner, TorchScriptRunner):
-        module, dtype, layout = runner.module, None, torch.preserve_format
+        module, dtype, layout, cast = runner.module, None, torch.preserve_format, torch.float32
     else:
         return None
-    x = torch.from_numpy(batch).to(runner.device, memory_format=layout)
+    x = torch.from_numpy(batch).to(runner.device, dtype=cast, memory_format=layout)
 
     def call() -> Any:
         with (

@@ -202,8 +202,10 @@ class Trainer:
         return {"val_loss": loss_total / count, "val_accuracy": hit_total / count}
 
     def _all_reduce(self, *values) -> list[float]:
-        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
-        packed = packed.to(self.device)
+        # Sums on the device and plain counts alike: one float64 tensor on the device.
+        packed = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in values]
+        )
         if self.world_size > 1:
             dist.all_reduce(packed)
         return packed.tolist()

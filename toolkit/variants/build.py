@@ -101,15 +101,16 @@ class Source:
 
 
 def eager_runner(source: Source, variant: Variant, model: nn.Module | None = None) -> Runner:
-    """An eager runner on a private copy of the model (or on `model`), under autocast with
-    channels_last for the amp variants."""
+    """An eager runner on a private copy of the model (or on `model`): under autocast for the
+    amp variants, cast to fp16 for the fp16 ones, channels_last where the variant says."""
     return EagerRunner(
         model=model if model is not None else source.fresh_model(),
         info=source.info,
         device=source.device,
         threads=source.threads,
         autocast=str(variant.precision_on(source.device)) if variant.autocast else None,
-        channels_last=variant.autocast,
+        channels_last=variant.channels_last,
+        cast=str(variant.cast) if variant.cast else None,
     )
 
 
@@ -117,6 +118,8 @@ def _compiled(source: Source, variant: Variant) -> Runner:
     """Compiled at its first call. Callers reset dynamo (`torch.compiler.reset`) between batch
     sizes, so its recompile limit (past which it falls back to eager silently) is never hit."""
     model = source.fresh_model()
+    if variant.cast:  # cast before compiling, so the graph is built for fp16 weights
+        model = model.to(getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[variant.cast]))
     if source.device == Device.CUDA:
         compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)  # CUDA graphs
     else:
@@ -136,6 +139,8 @@ def _pt2e_int8(source: Source, variant: Variant, batch_size: int) -> Runner:
 
 def build_runner(variant: Variant, source: Source, batch_size: int) -> Runner:
     """The runner of `variant` built from `source`, for batches of `batch_size`."""
+    if variant.cuda_only and source.device != Device.CUDA:
+        raise VariantSkipped(f"{variant.name} runs on CUDA (fp16 kernels are slow on CPUs)")
     if variant.build == EAGER:
         return eager_runner(source, variant)
     if variant.build == COMPILE:

@@ -24,9 +24,10 @@ EAGER, COMPILE, PT2E, FILE = "eager", "compile", "pt2e", "file"
 class Variant:
     """One way to run a model.
 
-    `precision` None means the device's autocast type (fp16 on CUDA, bf16 on the CPU), with
-    channels_last. `simplicity` orders variants that tie on speed in `dlkit deploy`: the
-    lower, the simpler to run and reason about. File variants can be packaged for Triton.
+    `precision` None means autocast in the device's type (fp16 on CUDA, bf16 on the CPU); fp16
+    or bf16 on an eager or compiled variant means its weights and activations are cast to it
+    (`cuda_only`: fp16 kernels are fast on GPUs only). `simplicity` orders variants that tie on
+    speed in `dlkit deploy`: the lower, the simpler. File variants can be packaged for Triton.
     """
 
     name: str
@@ -36,10 +37,19 @@ class Variant:
     precision: Precision | None = Precision.FP32
     quantize: QuantizeMode | None = None
     simplicity: int = 0
+    channels_last: bool = False
+    cuda_only: bool = False
 
     @property
     def autocast(self) -> bool:
         return self.precision is None
+
+    @property
+    def cast(self) -> Precision | None:
+        """The precision the model itself is cast to (eager and compiled variants), if any."""
+        if self.build in (EAGER, COMPILE) and self.precision in (Precision.FP16, Precision.BF16):
+            return self.precision
+        return None
 
     @property
     def servable(self) -> bool:
@@ -62,6 +72,15 @@ VARIANTS: dict[str, Variant] = {
             "eager PyTorch under autocast (fp16 on CUDA, bf16 on CPU), channels_last",
             EAGER,
             precision=None,
+            channels_last=True,
+        ),
+        Variant(
+            "eager-fp16-cl",
+            "eager PyTorch, weights and activations in fp16, channels_last (CUDA)",
+            EAGER,
+            precision=Precision.FP16,
+            channels_last=True,
+            cuda_only=True,
         ),
         Variant(
             "torchscript-fp32",
@@ -80,6 +99,15 @@ VARIANTS: dict[str, Variant] = {
             "torch.compile under autocast (fp16 on CUDA, bf16 on CPU), channels_last",
             COMPILE,
             precision=None,
+            channels_last=True,
+        ),
+        Variant(
+            "compile-fp16-cl",
+            "torch.compile (CUDA graphs), weights and activations in fp16, channels_last (CUDA)",
+            COMPILE,
+            precision=Precision.FP16,
+            channels_last=True,
+            cuda_only=True,
         ),
         Variant(
             "onnx-fp32",
@@ -142,9 +170,11 @@ DEFAULT_VARIANTS = {
     Device.CUDA: (
         BASELINE,
         "eager-amp-cl",
+        "eager-fp16-cl",
         "torchscript-fp32",
         "compile-fp32",
         "compile-amp-cl",
+        "compile-fp16-cl",
         "onnx-fp32",
         "onnx-fp16",
     ),
