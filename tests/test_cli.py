@@ -60,3 +60,24 @@ def test_console_script_runs_as_a_module():
         [sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True, check=True
     )
     assert "train" in out.stdout
+
+
+def test_help_names_only_options_and_variants_that_exist():
+    # `dlkit quantize --help` once pointed at `--autocast bf16` and a variant `eager-amp`.
+    import re
+
+    from toolkit.cli import cli
+    from toolkit.variants.registry import VARIANTS
+
+    commands = {name: cli.get_command(None, name) for name in COMMANDS}
+    options = {"--help", "--version", "--verbose"}
+    for command in commands.values():
+        for param in command.params:
+            options |= {o for o in param.opts + param.secondary_opts if o.startswith("--")}
+    for name, command in commands.items():
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        text = " ".join(texts)
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", text):
+            assert option in options, f"dlkit {name} --help mentions {option}"
+        for variant in re.findall(r"`((?:eager|compile|onnx|torchscript|torch)-[a-z0-9-]+)`", text):
+            assert variant in VARIANTS, f"dlkit {name} --help mentions variant {variant}"
