@@ -128,3 +128,32 @@ def test_deploy_smoke_tests_the_served_model(tiny_run, tmp_path):
         assert smoke["max_abs_err"] < 1e-3
     assert smoke["samples"] == 64 and smoke["endpoint"].endswith("/classifier")
     assert "Smoke test: 64 validation images" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variants", "compile-fp32"], "can package onnx-fp32, torchscript-fp32"),
+        (["--variants", "fast"], "unknown variant 'fast'"),
+        (["--model", "resnet18"], "--model choose what to train: not with a CHECKPOINT"),
+    ],
+)
+def test_deploy_options_are_checked_before_any_work(
+    dlkit, digits_checkpoint, tmp_path, args, message
+):
+    out = tmp_path / "run"
+    result = dlkit(
+        "deploy", digits_checkpoint, "--out", out, "--repo", tmp_path / "repo", *args, expect=1
+    )
+    assert message in result.output
+    assert not (tmp_path / "repo").exists() and not list(out.glob("artifacts"))
+
+
+@pytest.mark.slow
+def test_deploy_tries_only_the_variants_asked_for(tiny_run, tmp_path):
+    report = deploy(quick(tiny_run, tmp_path, variants=("onnx-int8-static",))).to_dict()
+    assert [v["name"] for v in report["variants"]] == [
+        "eager-fp32",
+        "onnx-fp32",
+        "onnx-int8-static",
+    ]

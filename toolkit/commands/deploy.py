@@ -29,6 +29,17 @@ from toolkit.commands.output import (
 @click.option(
     "--epochs", type=click.IntRange(1, 100_000), help="Training epochs when no CHECKPOINT is given."
 )
+@click.option("--model", help="What to train when no CHECKPOINT is given (default smallresnet).")
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 4096),
+    help="Training image size when no CHECKPOINT is given.",
+)
+@click.option(
+    "--variants",
+    help="Comma-separated file variants to try (default: every one the device can package; "
+    "onnx-fp32 is always built, as the fallback).",
+)
 @target_device_option
 @max_accuracy_drop_option
 @click.option("--objective", type=choice(Objective), default="latency", show_default=True)
@@ -76,6 +87,9 @@ def deploy(
     data,
     dataset,
     epochs,
+    model,
+    image_size,
+    variants,
     device,
     max_accuracy_drop,
     objective,
@@ -103,6 +117,9 @@ def deploy(
         data=data,
         dataset=dataset,
         epochs=epochs,
+        model=model,
+        image_size=image_size,
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None,
         device=device,
         max_accuracy_drop=max_accuracy_drop,
         objective=objective,

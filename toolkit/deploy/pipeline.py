@@ -45,6 +45,9 @@ class DeployConfig:
     serve: bool = False
     out: str | None = None
     epochs: int | None = None
+    model: str | None = None  # what to train when no checkpoint is given
+    image_size: int | None = None
+    variants: tuple[str, ...] | None = None  # the device's candidates by default
     bench_seconds: float = 0.5
     threads: int | None = None
 
@@ -80,6 +83,12 @@ def deploy(config: DeployConfig) -> DeployReport:
     if config.device not in Device.targets():
         raise DlkitError("deploy optimises for --device cpu or cuda")
     resolve_device(config.device)
+    training = {"--data": config.data, "--dataset": config.dataset, "--epochs": config.epochs}
+    training |= {"--model": config.model, "--image-size": config.image_size}
+    given = [option for option, value in training.items() if value]
+    if config.checkpoint and given:
+        raise DlkitError(f"{', '.join(given)} choose what to train: not with a CHECKPOINT")
+    _candidates(config)  # an unknown or unpackable --variants fails before any work
     config.threads = config.threads or default_threads()
     run_dir = Path(config.out or f"runs/deploy-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,9 +183,28 @@ def _package_and_serve(config, selected, fallback, timer: Stages, report: Deploy
             report.smoke_test = smoke_test_stage(config, selected, report)
 
 
+def _candidates(config: DeployConfig) -> list[str]:
+    """The file variants to try: `--variants` (checked against what this device can package,
+    the fp32 ONNX fallback always included), or all of the device's candidates."""
+    allowed = DEPLOY_CANDIDATES[config.device]
+    if not config.variants:
+        return list(allowed)
+    names = [get_variant(n).name for n in config.variants]
+    wrong = [n for n in names if n not in allowed]
+    if wrong:
+        raise DlkitError(
+            f"deploy on {config.device} can package {', '.join(allowed)}; not {', '.join(wrong)}"
+        )
+    return list(dict.fromkeys(["onnx-fp32", *names]))
+
+
 def _train(config: DeployConfig, run_dir: Path) -> tuple[Path, bool]:
     """Train on the given data (default: the embedded digits), or reuse an identical run."""
     options: dict[str, Any] = {"quiet": True, "out": str(run_dir / "train")}
+    if config.model:
+        options["model"] = config.model
+    if config.image_size:
+        options["image_size"] = config.image_size
     if config.data:
         options["data"] = config.data
     elif config.dataset:
