@@ -128,9 +128,7 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
     report.checkpoint = str(checkpoint)
     folder = run_dir / "artifacts"
     manifest = stages.Manifest(folder / "verified.json", sha256_file(checkpoint))
-    rows = [
-        VariantReport.of(get_variant(n), config.device) for n in DEPLOY_CANDIDATES[config.device]
-    ]
+    rows = [VariantReport.of(get_variant(n), config.device) for n in _candidates(config)]
     baseline = VariantReport.of(get_variant(BASELINE), config.device)
     baseline.path, baseline.servable = str(checkpoint), False
     baseline.gate = Gate(GateStatus.BASELINE)
