@@ -66,6 +66,12 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
     is_flag=True,
     help="Add a preprocessing model and an ensemble that take image files.",
 )
+@click.option(
+    "--replace-config",
+    is_flag=True,
+    help="Let a new version change the serving options of a model that exists (they apply to "
+    "every version of it).",
+)
 @trust_option
 @json_option
 def package(
@@ -81,6 +87,7 @@ def package(
     threads,
     backend,
     preprocess,
+    replace_config,
     trust,
     as_json,
 ) -> None:
@@ -106,6 +113,7 @@ def package(
         ),
         preprocess=preprocess,
         trust=trust,
+        replace_config=replace_config,
     )
     results = package_artifacts(list(artifacts), repo, name, version, options)
     if as_json:
@@ -114,3 +122,5 @@ def package(
     for r in results:
         extra = f" (+ {', '.join(r.models[1:])})" if len(r.models) > 1 else ""
         click.echo(f"{r.artifact} -> {r.path}  [{r.platform}, max batch {r.max_batch_size}]{extra}")
+        if r.config_changes:
+            click.echo(f"  config of {r.model} replaced, for every version: {r.config_changes}")
