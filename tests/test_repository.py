@@ -93,6 +93,7 @@ def test_package_cli_names_models_after_their_files(dlkit, tiny_exports, tmp_pat
     )  # fmt: skip
     assert [m["model"] for m in out["models"]] == ["best_onnx", "best_torchscript"]
     assert all(m["backend"] == "python" and m["version"] == 1 for m in out["models"])
+    assert out["unservable_here"] == {}  # the pip server has the python backend
     config = read_config(repo / "best_torchscript" / "config.pbtxt")
     assert config.backend == "python" and config.instance_group[0].count == 2
     assert sorted(p.name for p in (repo / "best_torchscript" / "1").iterdir()) == [
@@ -101,6 +102,17 @@ def test_package_cli_names_models_after_their_files(dlkit, tiny_exports, tmp_pat
     ]
     result = dlkit("package", tiny_exports["onnx"], "--repo", repo, "--name", "bad name", expect=1)
     assert result.output.startswith("Error: model name 'bad name'")
+
+
+def test_package_warns_when_the_local_server_cannot_serve_it(dlkit, exports, tmp_path):
+    repo = tmp_path / "repo"
+    result = dlkit("package", exports["onnx"], "--repo", repo, "--preprocess", "--name", "m")
+    out = dlkit.json("package", exports["onnx"], "--repo", repo, "--name", "m")
+    assert "no onnxruntime backend" in out["unservable_here"]["m"]
+    assert "`dlkit serve` here cannot serve m: this tritonserver has no onnxruntime" in (
+        result.stderr
+    )
+    assert "cannot serve m_ensemble: its step model m cannot be served" in result.stderr
 
 
 # --------------------------------------------------------------------------------- versions

@@ -98,8 +98,10 @@ def package(
     lets Triton answer top-k queries. TorchScript code is checked before it is packaged, since
     Triton will run it (see --trust).
     """
+    from toolkit.log import logger
     from toolkit.triton.configs import ServingOptions
     from toolkit.triton.repository import PackageOptions, package_artifacts
+    from toolkit.triton.server import unservable_here
 
     options = PackageOptions(
         backend=backend,
@@ -116,8 +118,12 @@ def package(
         replace_config=replace_config,
     )
     results = package_artifacts(list(artifacts), repo, name, version, options)
+    unservable = unservable_here(repo, [m for r in results for m in r.models])
+    for model, why in unservable.items():
+        logger.warning("warning: `dlkit serve` here cannot serve %s: %s", model, why)
     if as_json:
-        print_json({"repository": repo, "models": [r.to_dict() for r in results]})
+        models = [r.to_dict() for r in results]
+        print_json({"repository": repo, "models": models, "unservable_here": unservable})
         return
     for r in results:
         extra = f" (+ {', '.join(r.models[1:])})" if len(r.models) > 1 else ""
