@@ -1,9 +1,11 @@
-"""TritonClient against a real tritonserver: answers equal the local runner's, checks before
-sending, clear errors, retries, and the commands that use it (`predict --url`, `eval grpc://`,
-`bench --url`)."""
+"""TritonClient against real tritonservers (and hostile peers): answers equal the local runner's,
+checks before sending, a deadline on every call, clear errors, several endpoints and failover,
+and the commands that use it (`predict --url`, `eval grpc://`, `bench --url`)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
 import time
@@ -15,7 +17,7 @@ from toolkit.artifacts import open_runner
 from toolkit.bench.load import measure_serving
 from toolkit.data import preprocess_images
 from toolkit.errors import DlkitError
-from toolkit.triton.client import TritonClient
+from toolkit.triton.client import ImagesFailed, TritonClient
 from toolkit.triton.server import TritonServer, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -52,6 +54,25 @@ def test_preprocessing_ensemble_sees_the_same_pixels(served, tiny_exports, digit
         )
         with pytest.raises(DlkitError, match="corrupt or unreadable image: image 0 of the request"):
             client.infer("tiny_ensemble", np.array([[b"not a png"]], dtype=object))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny_ensemble", "tiny"])
+def test_classify_answers_the_good_images_and_names_the_bad(served, digit_images, tmp_path, model):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    missing = tmp_path / "missing.png"
+    images = [digit_images[0], str(bad), digit_images[1], str(missing)]
+    with TritonClient(served.grpc) as client:
+        good = client.classify(model, [digit_images[0], digit_images[1]], 2)
+        with pytest.raises(ImagesFailed) as caught:
+            client.classify(model, images, 2)
+    error = caught.value
+    assert sorted(error.failed) == [1, 3]
+    assert str(bad) in error.failed[1] and str(missing) in error.failed[3]
+    assert str(error).startswith("2 of 4 images could not be classified")
+    assert error.results[0] == good[0] and error.results[2] == good[1]
+    assert error.results[1] is None and error.results[3] is None
 
 
 @pytest.mark.slow
@@ -125,6 +146,13 @@ def test_mistakes_give_clear_errors_and_the_server_stays_up(served):
             client.infer("tiny", good.astype(np.float64))
         with pytest.raises(DlkitError, match=r"model 'nope' is not served at .*'tiny'"):
             client.infer("nope", good)
+        for value in (np.nan, np.inf, -np.inf):
+            poisoned = good.copy()
+            poisoned[1, 0, 3, 4] = value
+            with pytest.raises(DlkitError, match="got NaN or infinite values"):
+                client.infer("tiny", poisoned)
+        with pytest.raises(DlkitError, match="got an empty batch; send at least one image"):
+            client.infer("tiny", good[:0])
         # The server itself rejects what slips past a client that does not check.
         raw = grpcclient.InferenceServerClient(served.grpc)
         bad = grpcclient.InferInput("input", [2, 1, 8, 8], "FP32")
@@ -193,11 +221,163 @@ def test_unreachable_server_and_bad_urls():
         open_runner("grpc://127.0.0.1:1")
 
 
+class Peer:
+    """A TCP peer on loopback that accepts connections and then either never answers
+    (`silent`) or reads the request and hangs up (as a server does that stops mid-request)."""
+
+    def __init__(self, hang_up: bool = False):
+        self.hang_up = hang_up
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.hang_up:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                conn.close()
+            else:
+                self.connections.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_silent_peer_costs_one_deadline(protocol):
+    peer = Peer()
+    try:
+        start = time.monotonic()
+        client = TritonClient(f"{protocol}://127.0.0.1:{peer.port}", timeout=3, retries=1)
+        with pytest.raises(DlkitError, match="did not answer within 3 s"):
+            client.infer("m", np.zeros((1, 3), np.float32))
+        assert time.monotonic() - start < 10
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_predict_against_a_silent_peer_ends_with_an_error(dlkit, digit_images, protocol):
+    peer = Peer()
+    try:
+        start = time.monotonic()
+        url = f"{protocol}://127.0.0.1:{peer.port}"
+        args = ["predict", "--url", url, "--model", "m", digit_images[0], "--timeout", "2"]
+        result = dlkit(*args, expect=1)
+        assert result.output.startswith("Error: Triton server at") and "did not answer" in (
+            result.output
+        )
+        assert time.monotonic() - start < 8
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_peer_that_hangs_up_mid_request_gives_a_dlkit_error(protocol):
+    peer = Peer(hang_up=True)
+    try:
+        client = TritonClient(f"{protocol}://127.0.0.1:{peer.port}", timeout=3, retries=1)
+        with pytest.raises(DlkitError, match="not reachable"):
+            client.infer("m", np.zeros((1, 3), np.float32))
+    finally:
+        peer.close()
+
+
+# -------------------------------------------------------------------- several endpoints
+
+
+@pytest.mark.slow
+def test_two_servers_one_killed_under_load_loses_no_request(
+    served, start_triton, dlkit, digit_images
+):
+    """A second server on the same repository; a bounded load over both; the second is
+    killed (SIGKILL) in the middle. Every request must still be answered."""
+    import os
+    import signal
+
+    other = start_triton(served.repo, models=["tiny", "tiny_preprocess", "tiny_ensemble"])
+    try:
+        urls = [served.grpc, other.grpc_url]
+        out = dlkit.json(
+            "bench", "--url", ",".join(urls), "--model", "tiny", "--concurrency", "2",
+            "--duration", "0.5", "--batch-sizes", "1",
+        )  # fmt: skip
+        assert out["results"][0]["failures"] == 0 and out["results"][0]["requests"] > 0
+        args = ["predict", "--url", urls[0], "--url", urls[1], "--model", "tiny_ensemble"]
+        before = dlkit.json(*args, *digit_images[:2])["predictions"]
+        client = TritonClient(urls, timeout=10, cooldown=2.0)
+        kill = lambda: os.killpg(other.process.pid, signal.SIGKILL)  # noqa: E731
+        record = _bounded_load(client, 4, requests=400, seconds=60, kill_after=100, kill=kill)
+        assert dlkit.json(*args, *digit_images[:2])["predictions"] == before
+    finally:
+        client.close()
+    ok = [r for r in record["requests"] if r[2]]
+    assert len(ok) == len(record["requests"]) == 400, record["errors"][:3]
+    after = [end - start for start, end, _ in ok if end > record["killed_at"]]
+    print(
+        f"\nfailover: {len(ok)} requests, none lost; {record['throughput']:.0f} req/s; "
+        f"slowest request across the kill {max(after) * 1e3:.0f} ms"
+    )
+
+
+def _bounded_load(client, threads: int, requests: int, seconds: float, kill_after: int, kill):
+    """`threads` threads share `requests` requests (stopping after `seconds` in any case);
+    `kill()` runs once `kill_after` of them have been answered."""
+    batch = np.zeros((1, 1, 16, 16), np.float32)
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    done: list[tuple[float, float, bool]] = []
+    errors: list[str] = []
+    killed_at = [float("inf")]
+    deadline = time.monotonic() + seconds
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            start = time.monotonic()
+            try:
+                client.infer("tiny", batch)
+                ok = True
+            except DlkitError as exc:
+                ok = False
+                errors.append(str(exc))
+            with lock:
+                done.append((start, time.monotonic(), ok))
+                if len(done) == kill_after:
+                    killed_at[0] = time.monotonic()
+                    kill()
+
+    began = time.monotonic()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.monotonic() - began
+    return {
+        "requests": done,
+        "errors": errors,
+        "killed_at": killed_at[0],
+        "throughput": len(done) / elapsed,
+    }
+
+
 @pytest.mark.slow
 def test_client_retries_survive_a_server_restart(served, triton_timeout):
     """It replaces the session's server with a new one on the same ports."""
     batch = np.zeros((2, 1, 16, 16), np.float32)
-    client = TritonClient(served.grpc, retries=20, backoff=0.5)  # up to ~70 s
+    client = TritonClient(served.grpc, retries=40, backoff=0.5)  # up to ~150 s: a busy machine
     before = client.infer("tiny", batch)
     old = served.server
     old.stop()
