@@ -4,6 +4,7 @@ accepts (names, versions, dims, labels, external data, TorchScript code)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def test_new_versions_are_atomic_and_leave_old_ones_untouched(
         raise OSError("disk full")
 
     monkeypatch.setattr(repository.shutil, "copyfile", failing_copy)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DlkitError, match=r"cannot write .*m/3: disk full"):
         package_artifact(tiny_exports["onnx"], repo, "m", options=PackageOptions(backend="native"))
     monkeypatch.undo()
     assert sorted(p.name for p in (repo / "m").iterdir()) == [
@@ -201,6 +202,24 @@ def test_deploy_keeps_the_serving_options_a_model_has(exports, tmp_path):
     assert written["version"] == 2 and written["config_changes"] == ""
     assert report.repository_changed
     assert read_config(repo / "classifier" / "config.pbtxt").instance_group[0].count == 3
+
+
+def test_what_a_killed_writer_left_behind_is_removed(exports, tmp_path):
+    """kill -9 in the middle of `dlkit package` leaves its hidden temporary folder; the next
+    run removes it (a live writer's is kept)."""
+    repo = tmp_path / "repo"
+    package_artifact(exports["onnx"], repo, "m")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    leftovers = [repo / f".n.tmp-{dead}" / "1", repo / "m" / f".2.tmp-{dead}"]
+    for folder in leftovers:
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"half")
+    live = repo / "m" / f".config.pbtxt.tmp-{os.getpid()}"
+    live.write_text("being written")
+    assert package_artifact(exports["onnx"], repo, "m").version == 2
+    assert not (repo / f".n.tmp-{dead}").exists() and not leftovers[1].exists()
+    assert live.exists()
 
 
 @pytest.mark.slow

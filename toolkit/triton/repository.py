@@ -223,15 +223,18 @@ def _write_model(
             write_text(folder / LABELS_FILE, "".join(f"{c}\n" for c in info.classes))
         write_config(config, folder / CONFIG_FILE)
 
-    if model_dir.is_dir():
-        with atomic_path(model_dir / str(version)) as tmp:
-            fill(tmp)
-        if changes or not has_config:
-            finish(model_dir)
-    else:
-        with atomic_path(model_dir) as tmp:
-            fill(tmp / str(version))
-            finish(tmp)
+    try:
+        if model_dir.is_dir():
+            with atomic_path(model_dir / str(version)) as tmp:
+                fill(tmp)
+            if changes or not has_config:
+                finish(model_dir)
+        else:
+            with atomic_path(model_dir) as tmp:
+                fill(tmp / str(version))
+                finish(tmp)
+    except OSError as exc:  # a full disk, a read-only folder: what was half-written is gone
+        raise DlkitError(f"cannot write {model_dir / str(version)}: {exc.strerror or exc}") from exc
     return changes
 
 
@@ -258,7 +261,31 @@ def repository_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]
                         f"{timeout:.0f} s ({LOCK_FILE} is locked); try again when it is done"
                     ) from None
                 time.sleep(0.05)
+        _remove_leftovers(repo)
         yield
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's, or not a pid: leave it alone
+    return True
+
+
+def _remove_leftovers(repo: Path) -> None:
+    """Remove the temporary folders and files (`.NAME.tmp-PID`, from `atomic_path`) that a
+    writer killed mid-write left in the repository; only those of processes that are gone."""
+    folders = [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for leftover in (p for folder in folders for p in folder.glob(".*.tmp-*")):
+        pid = leftover.name.rpartition(".tmp-")[2]
+        if pid.isdecimal() and not _running(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def package_artifact(
