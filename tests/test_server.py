@@ -56,6 +56,7 @@ def test_plan_skips_what_cannot_load_and_keeps_the_rest(tmp_path):
     _model(repo, "renamed").joinpath("config.pbtxt").write_text('name: "other" backend: "python"')
     policy = mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=[7]))
     _model(repo, "pinned", version_policy=policy)
+    _model(repo, "greedy", instance_group=[mc.ModelInstanceGroup(count=100_000)])
     (repo / "no_config" / "1").mkdir(parents=True)
     ensemble = mc.ModelConfig(name="pipeline", platform="ensemble")
     ensemble.ensemble_scheduling.step.add(model_name="good", model_version=-1)
@@ -70,6 +71,7 @@ def test_plan_skips_what_cannot_load_and_keeps_the_rest(tmp_path):
     assert "beyond what Triton can number" in skipped["huge"]
     assert "names it 'other'" in skipped["renamed"]
     assert "picks none of its versions ([1])" in skipped["pinned"]
+    assert skipped["greedy"] == "it asks for 100000 instances; dlkit serves at most 64"
     assert skipped["no_config"] == "no config.pbtxt"
     assert skipped["pipeline"] == "its step model half_written cannot be served"
     with pytest.raises(DlkitError, match="no model nope in"):

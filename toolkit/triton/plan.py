@@ -16,7 +16,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import DlkitError
-from toolkit.triton.configs import CONFIG_FILE, read_config
+from toolkit.triton.configs import CONFIG_FILE, MAX_INSTANCES, read_config
 from toolkit.triton.repository import existing_versions
 
 # Which backend serves each `platform` of a config.
@@ -102,6 +102,9 @@ def model_problem(model_dir: Path, config: mc.ModelConfig) -> str:
     """Why Triton could not load the model in `model_dir` as `config` describes it, or ""."""
     if config.name and config.name != model_dir.name:
         return f"its {CONFIG_FILE} names it {config.name!r}; Triton needs the folder's name"
+    instances = sum(g.count for g in config.instance_group)
+    if instances > MAX_INSTANCES:
+        return f"it asks for {instances} instances; dlkit serves at most {MAX_INSTANCES}"
     for folder in model_dir.iterdir():
         digits = _LEADING_DIGITS.match(folder.name)
         if folder.is_dir() and digits and int(digits.group()) > MAX_TRITON_VERSION:
