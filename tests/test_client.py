@@ -222,14 +222,16 @@ def test_unreachable_server_and_bad_urls():
 
 
 class Peer:
-    """A TCP peer on loopback that accepts connections and then either never answers
-    (`silent`) or reads the request and hangs up (as a server does that stops mid-request)."""
+    """A TCP peer on loopback that accepts connections and then never answers (`silent`),
+    reads the request and hangs up (`hang_up`, as a server does that stops mid-request), or
+    answers HTTP headers and then the body one byte a second (`drip`)."""
 
-    def __init__(self, hang_up: bool = False):
-        self.hang_up = hang_up
+    def __init__(self, mode: str = "silent"):
+        self.mode = mode
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections: list[socket.socket] = []
+        self.closed = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -238,23 +240,32 @@ class Peer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            if self.hang_up:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    conn.recv(65536)
+            self.connections.append(conn)
+            if self.mode != "silent":
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.settimeout(2)
+            conn.recv(65536)
+            if self.mode == "hang_up":
                 conn.close()
-            else:
-                self.connections.append(conn)
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while not self.closed.wait(1.0):  # at most until the test closes the peer
+                conn.sendall(b" ")
 
     def close(self) -> None:
+        self.closed.set()
         self.sock.close()
         for conn in self.connections:
             conn.close()
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_a_silent_peer_costs_one_deadline(protocol):
-    peer = Peer()
+@pytest.mark.parametrize(("protocol", "mode"), [("grpc", "silent"), ("http", "silent"),
+                                                ("http", "drip")])  # fmt: skip
+def test_a_peer_that_never_finishes_costs_one_deadline(protocol, mode):
+    peer = Peer(mode)
     try:
         start = time.monotonic()
         client = TritonClient(f"{protocol}://127.0.0.1:{peer.port}", timeout=3, retries=1)
@@ -283,7 +294,7 @@ def test_predict_against_a_silent_peer_ends_with_an_error(dlkit, digit_images, p
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_peer_that_hangs_up_mid_request_gives_a_dlkit_error(protocol):
-    peer = Peer(hang_up=True)
+    peer = Peer("hang_up")
     try:
         client = TritonClient(f"{protocol}://127.0.0.1:{peer.port}", timeout=3, retries=1)
         with pytest.raises(DlkitError, match="not reachable"):
