@@ -364,6 +364,8 @@ class TritonClient:
         try:
             return rank(self.infer(model, batch), classes, top_k)
         except RequestRefused:
+            if not self.model(model).takes_images:
+                raise  # the server refused tensors dlkit made: not one image's fault
             return self._classify_each(model, images, top_k)
 
     def _classify_each(self, model: str, images, top_k: int) -> list[list[dict[str, Any]]]:
