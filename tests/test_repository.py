@@ -263,6 +263,9 @@ def test_versions_names_and_options_are_bounded(dlkit, exports, tmp_path):
             ServingOptions(**options)
     assert dlkit("package", exports["onnx"], "--repo", repo, "--instances", "0", expect=2)
     assert not (repo / "m").exists() and not (repo / ("a" * 120)).exists()
+    # Only ASCII digits number a version ("²" is a digit to str.isdigit, not to int()).
+    (repo / "u" / "²").mkdir(parents=True)
+    assert package_artifact(exports["onnx"], repo, "u").version == 1
     # A version folder beyond what Triton numbers stops numbering there.
     (repo / "n" / str(2**31 - 1)).mkdir(parents=True)
     with pytest.raises(DlkitError, match="beyond what Triton reads"):
