@@ -268,16 +268,19 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
     return config
 
 
+def parameter(config: mc.ModelConfig, *keys: str) -> str:
+    """The value of the first of `keys` among the config's parameters, or "" (reading a
+    protobuf map with [] would add the key)."""
+    return next((config.parameters[k].string_value for k in keys if k in config.parameters), "")
+
+
 def serving_options(config: mc.ModelConfig) -> ServingOptions:
     """The options `config` serves with (what `apply_serving` set), so that a new version
     can be written without changing them."""
     group = config.instance_group[0] if config.instance_group else mc.ModelInstanceGroup()
     kinds = {value: kind for kind, value in KINDS.items()}
     batching = config.dynamic_batching
-    threads = next(
-        (config.parameters[k].string_value for k in THREAD_PARAMETERS if k in config.parameters),
-        "0",
-    )
+    threads = parameter(config, *THREAD_PARAMETERS) or "0"
     on = config.HasField("dynamic_batching")
     try:
         return ServingOptions(

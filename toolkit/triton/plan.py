@@ -16,7 +16,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import DlkitError
-from toolkit.triton.configs import CONFIG_FILE, MAX_INSTANCES, read_config
+from toolkit.triton.configs import CONFIG_FILE, MAX_INSTANCES, parameter, read_config
 from toolkit.triton.repository import existing_versions
 
 # Which backend serves each `platform` of a config.
@@ -128,9 +128,11 @@ def model_problem(model_dir: Path, config: mc.ModelConfig) -> str:
     if not loaded:
         return f"its version_policy picks none of its versions ({versions})"
     kind = config.platform or config.backend
-    needed = [config.default_model_filename or DEFAULT_MODEL_FILES.get(kind, "")]
-    if "artifact_file" in config.parameters:  # dlkit's python-backend classifier
-        needed.append(config.parameters["artifact_file"].string_value)
+    # The backend's file, and the artifact dlkit's python-backend classifier loads.
+    needed = [
+        config.default_model_filename or DEFAULT_MODEL_FILES.get(kind, ""),
+        parameter(config, "artifact_file"),
+    ]
     for version in loaded:
         for file in filter(None, needed):
             if not (model_dir / str(version) / file).exists():

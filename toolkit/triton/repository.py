@@ -47,6 +47,7 @@ from toolkit.triton.configs import (
     config_info,
     ensemble_config,
     io_tensors,
+    parameter,
     preprocess_config,
     read_config,
     serving_options,
@@ -131,10 +132,6 @@ def _tensors(tensors) -> str:
     )
 
 
-def _parameter(config: mc.ModelConfig, *keys: str) -> str:
-    return next((config.parameters[k].string_value for k in keys if k in config.parameters), "")
-
-
 def _shared(config: mc.ModelConfig) -> dict[str, str]:
     """What every version of a model must agree on, since one config serves them all: how it
     is run, what it takes and answers, and what its answers mean."""
@@ -142,7 +139,7 @@ def _shared(config: mc.ModelConfig) -> dict[str, str]:
     return {
         "format": str(info.format) if info else "",
         "backend": config.platform or config.backend,
-        "model file": config.default_model_filename or _parameter(config, "artifact_file"),
+        "model file": config.default_model_filename or parameter(config, "artifact_file"),
         "inputs": _tensors(config.input),
         "outputs": _tensors(config.output),
         "classes": ", ".join(info.classes) if info else "",
