@@ -163,3 +163,110 @@ def tiny_run(tmp_path_factory) -> dict:
     """A 4-epoch simplenet run on the embedded digits (its summary JSON)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return Cli().json("train", *TINY, "--epochs", "4", "--out", out)
+
+
+# --------------------------------------------------------------------------- Triton fixtures
+# Shared by test_repository, test_server and test_client: the tiny run exported once, a few
+# digit images, and one pip-installed tritonserver (python backend) for the whole session.
+
+TRITON_START_TIMEOUT = 300  # stubs import torch; a busy 2-core machine needs time
+
+
+@pytest.fixture(scope="session")
+def triton_timeout() -> float:
+    """Seconds a test waits for a tritonserver's models to load."""
+    return TRITON_START_TIMEOUT
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_run, tmp_path_factory) -> dict[str, str]:
+    """The tiny digits run exported to ONNX and TorchScript: {format: path}."""
+    out = tmp_path_factory.mktemp("triton-export")
+    result = Cli().json("export", tiny_run["best_checkpoint"], "--out", out)
+    return {a["format"]: a["path"] for a in result["artifacts"]}
+
+
+@pytest.fixture(scope="session")
+def digit_images(digits_dir) -> list[str]:
+    """Twelve validation digits as PNG files."""
+    return [str(p) for p in sorted((digits_dir / "val").rglob("*.png"))[::29][:12]]
+
+
+@pytest.fixture(scope="session")
+def free_ports():
+    """A function returning `{http_port, grpc_port, metrics_port}` that were free just now."""
+    from toolkit.triton.server import free_port
+
+    return lambda: {f"{kind}_port": free_port() for kind in ("http", "grpc", "metrics")}
+
+
+class Served:
+    """The session's server (a test may replace `server`), its repository, and the
+    repository's files as they were packaged (before the server started)."""
+
+    def __init__(self, server, repo: Path):
+        self.server, self.repo = server, repo
+        self.packaged = snapshot(repo)
+
+    @property
+    def grpc(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def http(self) -> str:
+        return self.server.http_url
+
+
+@pytest.fixture(scope="session")
+def served(tiny_exports, tmp_path_factory, free_ports):
+    """tritonserver serving the tiny model as ONNX (`tiny`, with the preprocessing ensemble)
+    and TorchScript (`tiny_ts`), all on the python backend; a native-backend copy
+    (`tiny_native`) is in the repository too, which this server cannot serve."""
+    import dataclasses
+
+    from toolkit.triton.configs import ServingOptions
+    from toolkit.triton.repository import PackageOptions, package_artifact
+    from toolkit.triton.server import TritonServer
+
+    repo = tmp_path_factory.mktemp("triton") / "model_repository"
+    python = PackageOptions(backend="python", serving=ServingOptions(max_queue_delay_us=500))
+    with_images = dataclasses.replace(python, preprocess=True)
+    package_artifact(tiny_exports["onnx"], repo, "tiny", options=with_images)
+    package_artifact(tiny_exports["torchscript"], repo, "tiny_ts", options=python)
+    package_artifact(tiny_exports["onnx"], repo, "tiny_native")
+    handle = Served(TritonServer(repo, **free_ports()), repo)
+    try:
+        handle.server.start(TRITON_START_TIMEOUT)
+        yield handle
+    finally:
+        handle.server.stop()  # a test may have replaced it
+
+
+@pytest.fixture
+def start_triton(free_ports):
+    """A function that starts a tritonserver on a repository (on free ports unless given) and
+    waits for its models; every server it started is stopped after the test."""
+    from toolkit.triton.server import TritonServer
+
+    started = []
+
+    def start(repo: Path, **options):
+        server = TritonServer(repo, **(free_ports() | options))
+        started.append(server)
+        return server.start(TRITON_START_TIMEOUT)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def folder_snapshot():
+    return snapshot

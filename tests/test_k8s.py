@@ -28,6 +28,7 @@ def make_repo(root: Path, steps: tuple[str, ...] = ("m",)) -> Path:
     """A repository of hand-written configs: python model `m` and ensemble `ens` over `steps`."""
     repo = root / "repo"
     (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "1" / "model.py").write_text("")  # dlkit serve skips a version without it
     (repo / "m" / "config.pbtxt").write_text('name: "m"\nbackend: "python"\n')
     (repo / "ens").mkdir()
     step_text = "".join(f'step {{ model_name: "{s}" model_version: -1 }} ' for s in steps)

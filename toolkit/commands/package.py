@@ -66,6 +66,12 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
     is_flag=True,
     help="Add a preprocessing model and an ensemble that take image files.",
 )
+@click.option(
+    "--replace-config",
+    is_flag=True,
+    help="Let a new version change the serving options of a model that exists (they apply to "
+    "every version of it).",
+)
 @trust_option
 @json_option
 def package(
@@ -81,6 +87,7 @@ def package(
     threads,
     backend,
     preprocess,
+    replace_config,
     trust,
     as_json,
 ) -> None:
@@ -91,8 +98,10 @@ def package(
     lets Triton answer top-k queries. TorchScript code is checked before it is packaged, since
     Triton will run it (see --trust).
     """
+    from toolkit.log import logger
     from toolkit.triton.configs import ServingOptions
     from toolkit.triton.repository import PackageOptions, package_artifacts
+    from toolkit.triton.server import unservable_here
 
     options = PackageOptions(
         backend=backend,
@@ -106,11 +115,18 @@ def package(
         ),
         preprocess=preprocess,
         trust=trust,
+        replace_config=replace_config,
     )
     results = package_artifacts(list(artifacts), repo, name, version, options)
+    unservable = unservable_here(repo, [m for r in results for m in r.models])
+    for model, why in unservable.items():
+        logger.warning("warning: `dlkit serve` here cannot serve %s: %s", model, why)
     if as_json:
-        print_json({"repository": repo, "models": [r.to_dict() for r in results]})
+        models = [r.to_dict() for r in results]
+        print_json({"repository": repo, "models": models, "unservable_here": unservable})
         return
     for r in results:
         extra = f" (+ {', '.join(r.models[1:])})" if len(r.models) > 1 else ""
         click.echo(f"{r.artifact} -> {r.path}  [{r.platform}, max batch {r.max_batch_size}]{extra}")
+        if r.config_changes:
+            click.echo(f"  config of {r.model} replaced, for every version: {r.config_changes}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from toolkit.choices import Device, Protocol
-from toolkit.commands.output import choice, json_option, print_json, trust_option
+from toolkit.commands.output import choice, finite, json_option, print_json, trust_option
 
 
 @click.command()
@@ -32,9 +32,19 @@ from toolkit.commands.output import choice, json_option, print_json, trust_optio
     type=choice(Protocol),
     help="With --url HOST:PORT: how to talk to it [default: grpc].",
 )
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    callback=finite(0, above=True),
+    help="With --url: seconds each request may take before the server counts as not answering.",
+)
 @trust_option
 @json_option
-def predict(paths, top_k, device, grid, urls, served_model, protocol, trust, as_json) -> None:
+def predict(
+    paths, top_k, device, grid, urls, served_model, protocol, timeout, trust, as_json
+) -> None:
     """Classify images with MODEL: class names and probabilities.
 
     IMAGE may be a file, a folder (its images, recursively) or a glob such as 'photos/*.jpg'.
@@ -47,7 +57,7 @@ def predict(paths, top_k, device, grid, urls, served_model, protocol, trust, as_
     if urls:
         images = find_images(paths)
         ranked, channels, model_path = _predict_served(
-            list(urls), served_model, protocol, images, top_k
+            list(urls), served_model, protocol, images, top_k, timeout
         )
     else:
         if served_model or protocol:
@@ -80,7 +90,7 @@ def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
     return rank_classes(logits, runner.info.classes, top_k), pre.channels
 
 
-def _predict_served(urls: list[str], model, protocol, images, top_k: int):
+def _predict_served(urls: list[str], model, protocol, images, top_k: int, timeout: float):
     from toolkit.errors import DlkitError
     from toolkit.triton.client import TritonClient
     from toolkit.triton.endpoints import parse_urls
@@ -89,7 +99,7 @@ def _predict_served(urls: list[str], model, protocol, images, top_k: int):
     model = model or named
     if not model:
         raise DlkitError("--url needs --model NAME (the served model to ask)")
-    with TritonClient(urls, protocol=protocol) as client:
+    with TritonClient(urls, protocol=protocol, timeout=timeout) as client:
         ranked = client.classify(model, list(images), top_k)
         channels = client.info(model).preprocessing.channels
     return ranked, channels, f"{client.url}/{model}"

@@ -30,15 +30,28 @@ from toolkit.commands.output import finite, repo_option
     default=300.0,
     show_default=True,
     callback=finite(0, above=True),
-    help="Seconds to wait for the models to load.",
+    help="Seconds to wait for the models to load; those still loading then are named and "
+    "the others served.",
 )
-def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, timeout) -> None:
+@click.option(
+    "--drain-timeout",
+    type=click.IntRange(0, 3600),
+    default=10,
+    show_default=True,
+    help="On Ctrl-C or SIGTERM: seconds that requests in flight (and open connections) get "
+    "before the server stops anyway.",
+)
+def serve(
+    repo, host, grpc_port, http_port, metrics_port, models, log_file, timeout, drain_timeout
+) -> None:
     """Run Triton Inference Server on a model repository until Ctrl-C or SIGTERM.
 
     Uses `tritonserver` from PATH (the NGC image: every backend), else the one in the
     nvidia-pytriton wheel (`pip install 'dlkit[serve]'`: python backend only). Models the
-    server has no backend for, or that fail to load, are named and skipped; the rest are
-    served. Port 0 picks a free port (the one chosen is printed).
+    server has no backend for, or that cannot load (a config that does not parse, a
+    half-written version folder, an ensemble missing a step), are named and skipped; the rest
+    are served. Port 0 picks a free port (the one chosen is printed). The server stops when
+    dlkit does, even by kill -9; a server left behind by an older dlkit is stopped first.
     """
     from toolkit.errors import DlkitError
     from toolkit.triton.server import TritonServer, serve_until_signal
@@ -52,6 +65,7 @@ def serve(repo, host, grpc_port, http_port, metrics_port, models, log_file, time
         models=list(models) or None,
         log_file=log_file,
         stream_log=log_file is None,
+        exit_timeout=drain_timeout,
     )
     where = "PATH" if not server.binary.bundled else "the nvidia-pytriton wheel"
     click.echo(f"tritonserver: {server.binary.path} (from {where})")

@@ -41,14 +41,26 @@ def _backend() -> Backend:
     return Backend.NATIVE if "onnxruntime" in binary.backends() else Backend.PYTHON
 
 
+def _serving(model_dir: Path):
+    """The serving options of the model in `model_dir`, or the defaults for a new one."""
+    from toolkit.triton.configs import CONFIG_FILE, ServingOptions, read_config, serving_options
+
+    config = model_dir / CONFIG_FILE
+    return serving_options(read_config(config)) if config.is_file() else ServingOptions()
+
+
 def package_stage(
     config, selected: VariantReport, fallback: VariantReport, report: DeployReport
 ) -> list[dict[str, Any]]:
     """Package the selected variant and the fp32 ONNX fallback, first into a copy of the
-    repository; only when that works is the real one touched."""
+    repository; only when that works is the real one touched.
+
+    A model that exists gets a new version served as it is now (a `dlkit package
+    --replace-config` or a tuning keeps its options); one whose versions have another format
+    or backend is refused, naming the --name to use instead (one config serves them all)."""
     from toolkit.triton.repository import PackageOptions, package_artifact
 
-    options = PackageOptions(backend=_backend())
+    backend = _backend()
     models = [(selected, config.name)]
     if fallback is not selected:
         models.append((fallback, f"{config.name}_fallback"))
@@ -56,6 +68,7 @@ def package_stage(
     def package_into(target: Path) -> list[dict[str, Any]]:
         written = []
         for variant, name in models:
+            options = PackageOptions(backend=backend, serving=_serving(target / name))
             result = package_artifact(variant.path, target, name, options=options)
             if target == Path(config.repo):
                 report.repository_changed = True

@@ -11,7 +11,6 @@ preprocessing that `dlkit package` stores in the config.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import threading
 import time
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from toolkit.artifacts.metadata import ArtifactInfo
@@ -30,9 +28,24 @@ from toolkit.errors import DlkitError
 from toolkit.evaluate import top_k as rank
 from toolkit.triton.configs import config_info
 from toolkit.triton.endpoints import EndpointPool, parse_urls
-from toolkit.triton.protocol import Transport, error_text, open_transport, retryable
+from toolkit.triton.protocol import Transport, error_text, open_transport, retryable, timed_out
+from toolkit.triton.shm import SharedMemory
 
-_regions = itertools.count()
+
+class RequestRefused(DlkitError):
+    """The server answered a request with an error (bad input, a failing model)."""
+
+
+class ImagesFailed(DlkitError):
+    """Some images of a `classify` call could not be classified. `failed` maps the index of
+    each to the reason; `results` holds every image's answer, None where it failed."""
+
+    def __init__(self, failed: dict[int, str], results: list[list[dict[str, Any]] | None]):
+        self.failed, self.results = failed, results
+        listed = "; ".join(list(failed.values())[:5]) + ("; ..." if len(failed) > 5 else "")
+        super().__init__(
+            f"{len(failed)} of {len(results)} images could not be classified: {listed}"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,11 +93,9 @@ class TritonClient:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         if shared_memory and (len(endpoints) > 1 or not endpoints[0].local):
             raise DlkitError(f"shared memory needs one server on this machine; not {self.url}")
-        self.shared_memory = shared_memory
+        self.shm = SharedMemory() if shared_memory else None
         self._local = threading.local()
-        self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
-        self._regions: list[tuple[Any, Transport, str]] = []  # (handle, transport, name)
 
     @property
     def endpoints(self):
@@ -104,20 +115,27 @@ class TritonClient:
         """Drop this thread's connection to an endpoint, so the next try connects afresh
         instead of waiting out gRPC's reconnect backoff."""
         transport = self._local.__dict__.setdefault("transports", {}).pop(index, None)
-        self._local.__dict__.setdefault("shm", {}).pop(index, None)
+        if self.shm is not None:
+            self.shm.forget(index)
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.close()
 
     def _call(self, what: str, fn: Callable[[Transport], Any], model: str | None = None) -> Any:
         """`fn(transport)` on a healthy endpoint, moving on when one fails; errors become
-        DlkitError with a message that says what to do."""
+        DlkitError with a message that says what to do.
+
+        An endpoint that let the deadline pass is not asked again within this call (it has
+        cost a whole `timeout` already, and a retry would add load to a busy server), so a
+        silent peer costs one `timeout` per endpoint; quick failures (refused, reset,
+        unavailable) are retried with backoff."""
         count = len(self.pool.endpoints)
         tried: set[int] = set()
+        silent: set[int] = set()
         delay, failure = self.backoff, ""
         attempts = count + self.retries
         for attempt in range(attempts):
-            index = self.pool.pick(tried)
+            index = self.pool.pick(tried | silent)
             try:
                 result = fn(self._transport(index))
             except Exception as exc:
@@ -129,6 +147,10 @@ class TritonClient:
                 self.pool.failed(index)
                 self._reset(index)
                 tried.add(index)
+                if timed_out(exc):
+                    silent.add(index)
+                if len(silent) == count:
+                    break
                 if len(tried) >= count and attempt < attempts - 1:
                     tried.clear()
                     time.sleep(delay)
@@ -136,6 +158,12 @@ class TritonClient:
                 continue
             self.pool.succeeded(index)
             return result
+        if len(silent) == count:
+            raise DlkitError(
+                f"Triton server at {self.url} did not answer within {self.timeout:g} s "
+                f"({what}); it may be overloaded, or not a Triton server: check the address, "
+                "or allow more time (timeout)"
+            )
         raise DlkitError(
             f"Triton server at {self.url} is not reachable ({what}: "
             f"{failure.splitlines()[0] if failure else 'no answer'}) after {attempts} tries; "
@@ -150,17 +178,12 @@ class TritonClient:
                 f"model {model!r} is not served at {self.url}; it serves "
                 f"{self.models() or 'no models'}"
             )
-        return DlkitError(f"Triton {what} failed: {message.splitlines()[0][:500]}")
+        return RequestRefused(f"Triton {what} failed: {message.splitlines()[0][:500]}")
 
     def close(self) -> None:
         """Unregister shared memory and close this thread's connections."""
-        with self._lock:
-            regions, self._regions = self._regions, []
-        for handle, transport, name in regions:
-            with contextlib.suppress(Exception):
-                transport.unregister_shm(name)
-            with contextlib.suppress(Exception):
-                shm.destroy_shared_memory_region(handle)
+        if self.shm is not None:
+            self.shm.close()
         for index in list(self._local.__dict__.get("transports", {})):
             self._reset(index)
 
@@ -307,39 +330,15 @@ class TritonClient:
         return transport.infer(served.name, [tensor], [requested]).as_numpy(served.output_name)
 
     def _infer_once(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
-        if self.shared_memory and not served.takes_images:
-            return self._call("inference", lambda t: self._infer_shm(served, t, batch), served.name)
-        return self._call("inference", lambda t: self._request(served, t, batch), served.name)
-
-    def _infer_shm(self, served: ServedModel, transport: Transport, batch: np.ndarray):
+        if self.shm is None or served.takes_images:
+            return self._call("inference", lambda t: self._request(served, t, batch), served.name)
         out_shape = ((len(batch),) if served.max_batch_size > 0 else ()) + served.output_dims
-        out_bytes = int(np.prod(out_shape)) * 4
-        regions = self._shm_regions(transport, served, max(batch.nbytes, 1), out_bytes)
-        (in_handle, in_name), (out_handle, out_name) = regions
-        shm.set_shared_memory_region(in_handle, [np.ascontiguousarray(batch)])
-        tensor = transport.module.InferInput(served.input_name, list(batch.shape), "FP32")
-        tensor.set_shared_memory(in_name, batch.nbytes)
-        output = transport.module.InferRequestedOutput(served.output_name)
-        output.set_shared_memory(out_name, out_bytes)
-        transport.infer(served.name, [tensor], [output])
-        return shm.get_contents_as_numpy(out_handle, np.float32, out_shape).copy()
-
-    def _shm_regions(self, transport: Transport, served: ServedModel, in_bytes, out_bytes):
-        """This thread's input and output regions for `served`, grown when too small."""
-        cache = self._local.__dict__.setdefault("shm", {}).setdefault(0, {})
-        have = cache.get(served.name)
-        if have and have[0] >= in_bytes and have[1] >= out_bytes:
-            return have[2]
-        regions = []
-        for size in (in_bytes, out_bytes):
-            name = f"dlkit_{os.getpid()}_{next(_regions)}"
-            handle = shm.create_shared_memory_region(name, f"/{name}", size)
-            with self._lock:
-                self._regions.append((handle, transport, name))
-            transport.register_shm(name, f"/{name}", size)
-            regions.append((handle, name))
-        cache[served.name] = (in_bytes, out_bytes, regions)
-        return regions
+        tensors = (served.input_name, served.output_name)
+        return self._call(
+            "inference",
+            lambda t: self.shm.infer(t, 0, served.name, tensors, batch, out_shape),
+            served.name,
+        )
 
     # ------------------------------------------------------------------------ classification
 
@@ -351,10 +350,45 @@ class TritonClient:
 
         `images` are image files or their bytes, or an already preprocessed float batch. A
         preprocessing ensemble gets the encoded files; any other model gets them preprocessed
-        here with the artifact's own transform.
+        here with the artifact's own transform. When an image cannot be read, or the server
+        refuses it, the images are sent one by one and `ImagesFailed` names each that failed,
+        with the answers for the others.
         """
-        info = self.info(model)
-        return rank(self.infer(model, self.prepare(model, images)), info.classes, top_k)
+        classes = self.info(model).classes
+        if isinstance(images, np.ndarray):
+            return rank(self.infer(model, self.prepare(model, images)), classes, top_k)
+        try:
+            batch = self.prepare(model, images)
+        except DlkitError:
+            return self._classify_each(model, images, top_k)
+        try:
+            return rank(self.infer(model, batch), classes, top_k)
+        except RequestRefused:
+            if not self.model(model).takes_images:
+                raise  # the server refused tensors dlkit made: not one image's fault
+            return self._classify_each(model, images, top_k)
+
+    def _classify_each(self, model: str, images, top_k: int) -> list[list[dict[str, Any]]]:
+        """`classify`, one image per request, naming each image that cannot be read or that
+        the server refuses; a server that is gone still ends the call at once."""
+        classes = self.info(model).classes
+        failed: dict[int, str] = {}
+        results: list[list[dict[str, Any]] | None] = []
+        for index, image in enumerate(images):
+            results.append(None)
+            try:
+                batch = self.prepare(model, [image])
+            except DlkitError as exc:
+                failed[index] = str(exc)
+                continue
+            try:
+                results[index] = rank(self.infer(model, batch), classes, top_k)[0]
+            except RequestRefused as exc:
+                name = f"image {index}" if isinstance(image, bytes) else str(image)
+                failed[index] = f"{name}: {exc}"
+        if failed:
+            raise ImagesFailed(failed, results)
+        return results
 
     def prepare(
         self, model: str, images: Sequence[str | os.PathLike | bytes] | np.ndarray

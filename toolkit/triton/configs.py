@@ -34,6 +34,7 @@ CONFIG_FILE, LABELS_FILE = "config.pbtxt", "labels.txt"
 INFO_PARAMETER = "dlkit"  # config parameter holding the artifact's ArtifactInfo JSON
 IMAGE_INPUT = "IMAGE"  # the preprocessing ensemble's input: encoded image bytes
 MODEL_FILES = {Format.ONNX: "model.onnx", Format.TORCHSCRIPT: "model.pt"}
+THREAD_PARAMETERS = ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT")  # python/ORT, LibTorch
 
 _ONNX_DTYPES = {
     1: "TYPE_FP32",
@@ -137,6 +138,8 @@ def io_tensors(path: Path, fmt: Format, info: ArtifactInfo, backend: str) -> tup
     if fmt == Format.TORCHSCRIPT:
         dtype = _INFO_DTYPES.get(info.input_dtype, "TYPE_FP32")
         shape = info.preprocessing.input_shape
+        if info.static_batch is not None and not 1 <= info.static_batch <= MAX_BATCH_SIZE:
+            raise DlkitError(f"{path}: its metadata gives a fixed batch of {info.static_batch}")
         if info.static_batch:
             dims_in, dims_out = (info.static_batch, *shape), (info.static_batch, info.num_classes)
         else:
@@ -144,6 +147,7 @@ def io_tensors(path: Path, fmt: Format, info: ArtifactInfo, backend: str) -> tup
         names = ("INPUT__0", "OUTPUT__0") if backend == Backend.NATIVE else ("input", "logits")
         return Tensor(names[0], dtype, dims_in), Tensor(names[1], "TYPE_FP32", dims_out)
     graph = load_model_proto(path).graph
+    _refuse_external_data(path, graph)
     initializers = {i.name for i in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:
@@ -174,6 +178,22 @@ def io_tensors(path: Path, fmt: Format, info: ArtifactInfo, backend: str) -> tup
             f"{info.num_classes} classes"
         )
     return tin, tout
+
+
+def _refuse_external_data(path: Path, graph) -> None:
+    """Triton gets `model.onnx` alone: weights kept in other files (ONNX external data)
+    would be missing there, or, named with a path, read from anywhere on the server."""
+    tensors = [*graph.initializer]
+    for node in graph.node:
+        for attribute in node.attribute:
+            tensors += [attribute.t, *attribute.tensors]
+    external = [t.name for t in tensors if t.data_location == t.EXTERNAL]
+    if external:
+        raise DlkitError(
+            f"{path} keeps {len(external)} tensor(s) in separate files (ONNX external data, "
+            f"e.g. {external[0]!r}); Triton would get model.onnx alone. Export it as one file "
+            "(`dlkit export`, or onnx.save(model, path, save_as_external_data=False))"
+        )
 
 
 # -------------------------------------------------------------------------------- building
@@ -242,10 +262,40 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
         batching.max_queue_delay_microseconds = options.max_queue_delay_us
         sizes = [b for b in options.preferred_batch_sizes if b <= config.max_batch_size]
         batching.preferred_batch_size.extend(sizes)
-    for key in ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT"):
+    for key in THREAD_PARAMETERS:
         if key in config.parameters:
             config.parameters[key].string_value = str(options.threads)
     return config
+
+
+def parameter(config: mc.ModelConfig, *keys: str) -> str:
+    """The value of the first of `keys` among the config's parameters, or "" (reading a
+    protobuf map with [] would add the key)."""
+    return next((config.parameters[k].string_value for k in keys if k in config.parameters), "")
+
+
+def serving_options(config: mc.ModelConfig) -> ServingOptions:
+    """The options `config` serves with (what `apply_serving` set), so that a new version
+    can be written without changing them."""
+    group = config.instance_group[0] if config.instance_group else mc.ModelInstanceGroup()
+    kinds = {value: kind for kind, value in KINDS.items()}
+    batching = config.dynamic_batching
+    threads = parameter(config, *THREAD_PARAMETERS) or "0"
+    on = config.HasField("dynamic_batching")
+    try:
+        return ServingOptions(
+            max_batch_size=config.max_batch_size,
+            dynamic_batching=on or config.max_batch_size == 0,
+            max_queue_delay_us=batching.max_queue_delay_microseconds
+            if on
+            else DEFAULT_QUEUE_DELAY_US,
+            preferred_batch_sizes=tuple(batching.preferred_batch_size),
+            instances=group.count or 1,
+            kind=kinds.get(group.kind, InstanceKind.AUTO),
+            threads=int(threads),
+        )
+    except ValueError:
+        raise DlkitError(f"config of {config.name}: threads {threads!r} is not a number") from None
 
 
 def preprocess_config(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 from typing import Any
 
+import gevent
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format
@@ -117,9 +118,16 @@ class GrpcTransport(Transport):
 
 
 class HttpTransport(Transport):
-    """HTTP: the connection and network timeouts bound every call."""
+    """HTTP: the connection and network timeouts bound each socket operation, and a gevent
+    timeout bounds the whole call, so a peer that sends its answer a byte at a time cannot
+    hold it past `timeout` either."""
 
     protocol = Protocol.HTTP
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        late = TimeoutError(f"no complete answer within {self.timeout:g} s")
+        with gevent.Timeout(self.timeout, late):
+            return getattr(self.raw, method)(*args, **kwargs)
 
     def repository_index(self) -> list[dict[str, Any]]:
         return self._call("get_model_repository_index")

@@ -1,7 +1,10 @@
 """A Triton model repository from dlkit artifacts (`dlkit package`).
 
 A new version is written into a temporary folder and renamed into place, so a running server
-never sees half a version, and existing versions are never touched.
+never sees half a version, and existing versions are never touched. One `config.pbtxt` serves
+every version of a model, so a new version must match it (format, backend, inputs, outputs,
+classes, preprocessing) and may change its serving options only when asked to. Writers hold
+the repository's lock file, so concurrent `dlkit package` runs take turns.
 
 Layout for an artifact packaged as NAME (with `--preprocess`):
 
@@ -12,19 +15,25 @@ Layout for an artifact packaged as NAME (with `--preprocess`):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.artifacts import detect_format, read_info
 from toolkit.artifacts.metadata import ArtifactInfo
-from toolkit.artifacts.torchscript import check_code
+from toolkit.artifacts.runner import first_line
+from toolkit.artifacts.torchscript import load_torchscript
 from toolkit.choices import Backend, Format
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path, write_text
@@ -38,31 +47,39 @@ from toolkit.triton.configs import (
     config_info,
     ensemble_config,
     io_tensors,
+    parameter,
     preprocess_config,
     read_config,
+    serving_options,
     write_config,
 )
 
 BACKEND_SOURCES = Path(__file__).parent / "backend"
 MAX_VERSION = 2**31 - 1  # Triton parses version folders as int64; keep well inside
 MAX_NAME = 128
+PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX = "_preprocess", "_ensemble"
+LOCK_FILE = ".dlkit-lock"  # in the repository's root; Triton only looks at folders
+LOCK_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
 class PackageOptions:
     """How `package_artifact` writes an artifact: the backend, the serving options, and
     whether to add the image-preprocessing ensemble. `trust` skips the TorchScript code
-    check (Triton will run the file)."""
+    check (Triton will run the file). `replace_config` lets a new version change the serving
+    options of a model that exists, which changes how every version of it runs."""
 
     backend: Backend = Backend.NATIVE
     serving: ServingOptions = field(default_factory=ServingOptions)
     preprocess: bool = False
     trust: bool = False
+    replace_config: bool = False
 
 
 @dataclass
 class PackageResult:
-    """What `package_artifact` wrote: the models (classifier first) and the new version."""
+    """What `package_artifact` wrote: the models (classifier first) and the new version;
+    `config_changes` names the serving changes made to an existing model's config."""
 
     artifact: str
     model: str
@@ -72,12 +89,14 @@ class PackageResult:
     max_batch_size: int
     models: list[str]
     path: str
+    config_changes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def default_name(artifact: str | os.PathLike) -> str:
@@ -87,42 +106,90 @@ def default_name(artifact: str | os.PathLike) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:MAX_NAME] or "model"
 
 
-def check_name(name: str) -> None:
-    if not _NAME.match(name) or len(name) > MAX_NAME:
+def check_name(name: str, suffix: str = "") -> None:
+    """A model name Triton and every file system accept (`suffix`: the longest one dlkit
+    will add to it, for the models it derives)."""
+    longest = MAX_NAME - len(suffix)
+    if not _NAME.fullmatch(name) or len(name) > longest:
         raise DlkitError(
             f"model name {name[:40]!r} must be letters, digits, '_', '-' or '.', at most "
-            f"{MAX_NAME} characters, starting with a letter or digit"
+            f"{longest} characters, starting with a letter or digit"
         )
 
 
 def existing_versions(model_dir: Path) -> list[int]:
+    """The numbers of a model folder's version folders (Triton reads ASCII digits only)."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    folders = [p.name for p in model_dir.iterdir() if p.is_dir()]
+    return sorted(int(name) for name in folders if _DIGITS.fullmatch(name))
 
 
-def _signature(c: mc.ModelConfig) -> tuple:
-    return (
-        c.platform,
-        c.backend,
-        c.max_batch_size,
-        [text_format.MessageToString(t) for t in (*c.input, *c.output)],
+def _tensors(tensors) -> str:
+    return ", ".join(
+        f"{t.name} {mc.DataType.Name(t.data_type).removeprefix('TYPE_')} {list(t.dims)}"
+        for t in tensors
     )
 
 
-def _check_compatible(model_dir: Path, new: mc.ModelConfig, info: ArtifactInfo) -> None:
-    """A new version must fit the model's existing config: one config serves all versions."""
+def _shared(config: mc.ModelConfig) -> dict[str, str]:
+    """What every version of a model must agree on, since one config serves them all: how it
+    is run, what it takes and answers, and what its answers mean."""
+    info = config_info(config)
+    return {
+        "format": str(info.format) if info else "",
+        "backend": config.platform or config.backend,
+        "model file": config.default_model_filename or parameter(config, "artifact_file"),
+        "inputs": _tensors(config.input),
+        "outputs": _tensors(config.output),
+        "classes": ", ".join(info.classes) if info else "",
+        "preprocessing": json.dumps(asdict(info.preprocessing)) if info else "",
+        "steps": ", ".join(s.model_name for s in config.ensemble_scheduling.step),
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    def short(value: Any) -> str:
+        text = str(value)
+        return repr(text if len(text) <= 60 else text[:57] + "...")
+
+    return "; ".join(
+        f"{key} {short(old[key])} -> {short(new[key])}" for key in old if old[key] != new[key]
+    )
+
+
+def _check_compatible(model_dir: Path, new: mc.ModelConfig, replace: bool) -> str:
+    """A new version must fit the model's config, since one config serves every version.
+
+    Returns the serving changes `new` makes (empty: the config stays as it is); raises
+    DlkitError when the versions would differ in what they are, or when the serving changes
+    are not allowed by `replace`.
+    """
     old = read_config(model_dir / CONFIG_FILE)
-    old_info = config_info(old)
-    same_info = old_info is not None and (
-        old_info.classes == info.classes and old_info.preprocessing == info.preprocessing
-    )
-    if _signature(old) != _signature(new) or not same_info:
+    shared = _shared(old), _shared(new)
+    different = _differences(*shared)
+    if different:
         raise DlkitError(
-            f"model {new.name} in {model_dir.parent} has versions with a different format, "
-            "inputs, outputs, classes or preprocessing; package this artifact under another "
-            "--name, or remove that model folder first"
+            f"model {new.name} in {model_dir.parent} cannot take this as a new version "
+            f"({different}): one config.pbtxt serves every version of a model, so they must "
+            "share format, backend, inputs, outputs, classes and preprocessing. Package it as "
+            f"another model (--name {new.name}_{_flavour(*shared)}), or remove {model_dir} first"
         )
+    changes = _differences(serving_options(old).to_dict(), serving_options(new).to_dict())
+    if changes and not replace:
+        raise DlkitError(
+            f"model {new.name} in {model_dir.parent} is served with other options ({changes}); "
+            "a new version would change how every version runs. Package with the options it "
+            "has, or pass --replace-config to serve every version with the new ones"
+        )
+    return changes
+
+
+def _flavour(old: dict[str, str], new: dict[str, str]) -> str:
+    """A name suffix that tells the new model from the old: its format, else its backend."""
+    if old["format"] != new["format"]:
+        return new["format"] or "model"
+    return "python" if new["backend"] == "python" else "native"
 
 
 def _write_model(
@@ -132,16 +199,16 @@ def _write_model(
     files: dict[str, Path],
     info: ArtifactInfo,
     labels: bool = True,
-) -> None:
-    """Write `repo/<name>/<version>/` (files copied in) atomically, then config and labels.
-
-    A model that does not exist yet is assembled in a hidden folder and renamed as a whole.
-    """
+    replace: bool = False,
+) -> str:
+    """Write `repo/<name>/<version>/` (files copied in) atomically; the config and labels
+    only for a new model, or when `replace` allows the serving changes `config` makes
+    (returned). A new model is assembled in a hidden folder and renamed as a whole."""
     model_dir = repo / config.name
     if (model_dir / str(version)).exists():
         raise DlkitError(f"{model_dir / str(version)} already exists; choose another --version")
-    if (model_dir / CONFIG_FILE).is_file():
-        _check_compatible(model_dir, config, info)
+    has_config = (model_dir / CONFIG_FILE).is_file()
+    changes = _check_compatible(model_dir, config, replace) if has_config else ""
 
     def fill(version_dir: Path) -> None:
         version_dir.mkdir(parents=True)
@@ -153,14 +220,69 @@ def _write_model(
             write_text(folder / LABELS_FILE, "".join(f"{c}\n" for c in info.classes))
         write_config(config, folder / CONFIG_FILE)
 
-    if model_dir.is_dir():
-        with atomic_path(model_dir / str(version)) as tmp:
-            fill(tmp)
-        finish(model_dir)
-    else:
-        with atomic_path(model_dir) as tmp:
-            fill(tmp / str(version))
-            finish(tmp)
+    try:
+        if model_dir.is_dir():
+            with atomic_path(model_dir / str(version)) as tmp:
+                fill(tmp)
+            if changes or not has_config:
+                finish(model_dir)
+        else:
+            with atomic_path(model_dir) as tmp:
+                fill(tmp / str(version))
+                finish(tmp)
+    except OSError as exc:  # a full disk, a read-only folder: what was half-written is gone
+        raise DlkitError(f"cannot write {model_dir / str(version)}: {exc.strerror or exc}") from exc
+    return changes
+
+
+@contextlib.contextmanager
+def repository_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold `repo`'s lock file while versions are numbered and written, so concurrent
+    `dlkit package` runs take turns (waiting up to `timeout` seconds). The kernel releases
+    the lock of a process that dies."""
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+        handle = open(repo / LOCK_FILE, "a")  # noqa: SIM115 (closed below, after the wait)
+    except OSError as exc:
+        raise DlkitError(f"cannot write to the model repository {repo}: {exc.strerror}") from exc
+    with handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DlkitError(
+                        f"another dlkit process has been writing to {repo} for over "
+                        f"{timeout:.0f} s ({LOCK_FILE} is locked); try again when it is done"
+                    ) from None
+                time.sleep(0.05)
+        _remove_leftovers(repo)
+        yield
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's, or not a pid: leave it alone
+    return True
+
+
+def _remove_leftovers(repo: Path) -> None:
+    """Remove the temporary folders and files (`.NAME.tmp-PID`, from `atomic_path`) that a
+    writer killed mid-write left in the repository; only those of processes that are gone."""
+    folders = [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for leftover in (p for folder in folders for p in folder.glob(".*.tmp-*")):
+        pid = leftover.name.rpartition(".tmp-")[2]
+        if pid.isdecimal() and not _running(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def package_artifact(
@@ -174,7 +296,8 @@ def package_artifact(
     version of model `name` (default: the artifact's file stem); returns what was written.
 
     Raises DlkitError for a checkpoint (export it first), an existing version, a model whose
-    existing config does not fit, or options that contradict the artifact.
+    config the new version does not fit (or would change, unless `options.replace_config`),
+    or options that contradict the artifact.
     """
     options = options or PackageOptions()
     backend = Backend.parse(options.backend, "backend")
@@ -186,26 +309,30 @@ def package_artifact(
             f"`dlkit export {path}` and package the .onnx or .torchscript.pt"
         )
     info = read_info(path)
-    if fmt == Format.TORCHSCRIPT:
-        check_code(path, options.trust)  # Triton will run this file
     name = name or default_name(path)
-    check_name(name)
+    check_name(name, PREPROCESS_SUFFIX if options.preprocess else "")
     tensors = io_tensors(path, fmt, info, backend)
-    serving = options.serving
+    if fmt == Format.TORCHSCRIPT:
+        _check_torchscript(path, info, options.trust)  # Triton will run this file
     max_batch_size = _max_batch_size(path, tensors, info, options)
-    if version is None:
-        version = max(existing_versions(repo / name), default=0) + 1
-    if not 1 <= version <= MAX_VERSION:
+    if version is not None and not 1 <= version <= MAX_VERSION:
         raise DlkitError(f"--version must be a whole number from 1 to {MAX_VERSION}")
-
-    config = classifier_config(name, fmt, info, tensors, backend, serving, max_batch_size)
+    config = classifier_config(name, fmt, info, tensors, backend, options.serving, max_batch_size)
     files = {MODEL_FILES[fmt]: path}
     if backend == Backend.PYTHON:
         files["model.py"] = BACKEND_SOURCES / "classifier.py"
-    _write_model(repo, config, version, files, info)
-    models = [name]
-    if options.preprocess:
-        models += _add_preprocessing(repo, config, tensors[0], info, serving)
+    with repository_lock(repo):
+        if version is None:
+            version = max(existing_versions(repo / name), default=0) + 1
+            if version > MAX_VERSION:
+                raise DlkitError(
+                    f"{repo / name} has a version folder numbered {version - 1}, beyond what "
+                    f"Triton reads ({MAX_VERSION}); remove it, or give --version"
+                )
+        changes = _write_model(repo, config, version, files, info, replace=options.replace_config)
+        models = [name]
+        if options.preprocess:
+            models += _add_preprocessing(repo, config, tensors[0], info, options)
     return PackageResult(
         artifact=str(path),
         model=name,
@@ -215,7 +342,34 @@ def package_artifact(
         max_batch_size=max_batch_size,
         models=models,
         path=str(repo / name / str(version)),
+        config_changes=changes,
     )
+
+
+def _check_torchscript(path: Path, info: ArtifactInfo, trust: bool) -> None:
+    """TorchScript declares no output shape, so its config comes from the metadata: run the
+    file (after its code check, unless `trust`) on zeros, as Triton's warm-up will, and
+    check that it answers one score per class."""
+    module, _ = load_torchscript(path, trust=trust)
+    batch = info.static_batch or 1
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        info.input_dtype, torch.float32
+    )
+    try:
+        with torch.inference_mode():
+            out = module(torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype))
+    except Exception as exc:
+        raise DlkitError(
+            f"{path} fails on a batch of zeros shaped as its metadata says "
+            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
+            f"{first_line(exc)}"
+        ) from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (batch, info.num_classes):
+        raise DlkitError(
+            f"{path} answers {shape} for a batch of {batch}, but its metadata lists "
+            f"{info.num_classes} classes; re-export it with `dlkit export`"
+        )
 
 
 def _max_batch_size(path: Path, tensors, info: ArtifactInfo, options: PackageOptions) -> int:
@@ -234,20 +388,23 @@ def _max_batch_size(path: Path, tensors, info: ArtifactInfo, options: PackageOpt
     return max_batch_size
 
 
-def _add_preprocessing(repo: Path, classifier, tensor, info, serving) -> list[str]:
+def _add_preprocessing(repo: Path, classifier, tensor, info, options) -> list[str]:
     """NAME_preprocess and NAME_ensemble: stateless given their config, so version 1 is
-    written once and kept afterwards."""
+    written once and kept afterwards (its config replaced only with `replace_config`)."""
     name = classifier.name
-    pre = preprocess_config(f"{name}_preprocess", info, tensor, serving, classifier.max_batch_size)
-    ens = ensemble_config(f"{name}_ensemble", classifier, pre, info)
+    pre = preprocess_config(
+        f"{name}{PREPROCESS_SUFFIX}", info, tensor, options.serving, classifier.max_batch_size
+    )
+    ens = ensemble_config(f"{name}{ENSEMBLE_SUFFIX}", classifier, pre, info)
     for model, extra, labels in (
         (pre, {"model.py": BACKEND_SOURCES / "preprocess.py"}, False),
         (ens, {}, True),
     ):
-        if not existing_versions(repo / model.name):
+        model_dir = repo / model.name
+        if not existing_versions(model_dir):
             _write_model(repo, model, 1, extra, info, labels=labels)
-        else:
-            _check_compatible(repo / model.name, model, info)
+        elif _check_compatible(model_dir, model, options.replace_config):
+            write_config(model, model_dir / CONFIG_FILE)
     return [pre.name, ens.name]
 
 

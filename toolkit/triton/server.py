@@ -4,9 +4,11 @@ The binary is the one on PATH (the NGC image, every backend) or else the one bun
 `nvidia-pytriton` wheel (`pip install 'dlkit[serve]'`), which has only the python backend. The
 bundled one needs three things from us (see DESIGN.md): its python backend next to a stub built
 for the running Python, that interpreter's `libpython` and the wheel's libraries on
-LD_LIBRARY_PATH, and the venv's `bin`
-first on PATH, because the stub finds its packages (numpy < 2, onnxruntime, torch, dlkit)
-through the first `python3` on PATH.
+LD_LIBRARY_PATH, and a `python3` first on PATH through which the stub finds its packages
+(numpy < 2, onnxruntime, torch, dlkit). That `python3` is a private virtual environment over
+this one's packages that turns bytecode writing off: the stubs import model.py from the
+version folders and, running isolated from the environment, ignore PYTHONDONTWRITEBYTECODE,
+so they would leave `__pycache__/` in the model repository.
 """
 
 from __future__ import annotations
@@ -16,28 +18,20 @@ import errno
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import DlkitError
+from toolkit.triton import lifetime
 from toolkit.triton.client import TritonClient
-from toolkit.triton.configs import CONFIG_FILE, read_config
-from toolkit.triton.repository import existing_versions
-
-# Which backend serves each `platform` of a config.
-PLATFORM_BACKENDS = {
-    "onnxruntime_onnx": "onnxruntime",
-    "pytorch_libtorch": "pytorch",
-    "tensorrt_plan": "tensorrt",
-    "tensorflow_savedmodel": "tensorflow",
-    "tensorflow_graphdef": "tensorflow",
-}
+from toolkit.triton.plan import plan_repository
 
 
 @dataclass(frozen=True)
@@ -71,54 +65,15 @@ def find_tritonserver() -> ServerBinary:
     return ServerBinary(root / "bin" / "tritonserver", root / "backends", bundled=True)
 
 
-@dataclass
-class RepositoryPlan:
-    """Which models of a repository this server can load, and why the others are skipped."""
-
-    load: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    backends: dict[str, str] = field(default_factory=dict)  # model -> backend
-
-
-def plan_repository(
-    repo: str | os.PathLike, backends: set[str], only: list[str] | None = None
-) -> RepositoryPlan:
-    """Sort the models in `repo` into those `backends` can serve and those they cannot."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise DlkitError(f"no model repository at {repo}; write one with `dlkit package`")
-    plan, steps = RepositoryPlan(), {}
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        name = model_dir.name
-        if not (model_dir / CONFIG_FILE).is_file():
-            plan.skipped[name] = f"no {CONFIG_FILE}"
-            continue
-        config = read_config(model_dir / CONFIG_FILE)
-        backend = config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
-        plan.backends[name] = backend
-        steps[name] = [s.model_name for s in config.ensemble_scheduling.step]
-        if backend != "ensemble" and not existing_versions(model_dir):
-            plan.skipped[name] = "no numbered version folder"
-        elif backend not in backends:
-            plan.skipped[name] = (
-                f"this tritonserver has no {backend} backend (it has "
-                f"{', '.join(sorted(backends - {'ensemble'}))}); package it with "
-                "`--backend python`, or serve it in the NGC image (Dockerfile)"
-            )
-    # An ensemble is servable only when all its steps are (repeat: ensembles may nest).
-    changed = True
-    while changed:
-        changed = False
-        for name, needed in steps.items():
-            missing = [m for m in needed if m not in steps or m in plan.skipped]
-            if missing and name not in plan.skipped:
-                plan.skipped[name] = f"its step model {missing[0]} cannot be served"
-                changed = True
-    unknown = sorted(set(only or []) - set(plan.backends) - set(plan.skipped))
-    if unknown:
-        raise DlkitError(f"no model {unknown[0]} in {repo}; it holds {sorted(plan.backends)}")
-    plan.load = [n for n in plan.backends if n not in plan.skipped and (not only or n in set(only))]
-    return plan
+def unservable_here(repo: str | os.PathLike, models: list[str]) -> dict[str, str]:
+    """Which of `models` in `repo` the tritonserver installed here could not serve, and why;
+    empty when it can serve them all or when no server is installed."""
+    try:
+        binary = find_tritonserver()
+    except DlkitError:
+        return {}
+    plan = plan_repository(repo, binary.backends(), models)
+    return {name: why for name, why in plan.skipped.items() if name in models}
 
 
 def check_port_free(host: str, port: int, option: str) -> None:
@@ -161,11 +116,33 @@ def _python_backend(workdir: Path, binary: ServerBinary) -> Path:
     return target.parent
 
 
-def server_environment(binary: ServerBinary) -> dict[str, str]:
-    """The environment the server and its python stubs need (see the module docstring)."""
+def _stub_python(workdir: Path) -> Path:
+    """A virtual environment for the python stubs: this interpreter, this environment's
+    packages (and their .pth files), and bytecode writing off. Returns its `bin` folder."""
+    home = workdir / "python"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "python3").symlink_to(sys.executable)
+    base = Path(getattr(sys, "_base_executable", sys.executable)).parent
+    (home / "pyvenv.cfg").write_text(f"home = {base}\ninclude-system-site-packages = false\n")
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    packages = home / "lib" / version / "site-packages"
+    packages.mkdir(parents=True)
+    folders = site.getsitepackages()
+    if site.ENABLE_USER_SITE:
+        folders.append(site.getusersitepackages())
+    lines = ["import sys; sys.dont_write_bytecode = True"]
+    lines += [f"import site; site.addsitedir({folder!r})" for folder in folders]
+    (packages / "dlkit_stub.pth").write_text("\n".join(lines) + "\n")
+    return home / "bin"
+
+
+def server_environment(binary: ServerBinary, python_bin: Path | None = None) -> dict[str, str]:
+    """The environment the server and its python stubs need (see the module docstring);
+    `python_bin` is the folder whose `python3` the stubs use (default: this one's)."""
     env = dict(os.environ)
     if binary.bundled:
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        python_bin = python_bin or Path(sys.executable).parent
+        env["PATH"] = os.pathsep.join([str(python_bin), env.get("PATH", "")])
         # The copied stub's relative RPATH no longer finds the wheel's own libraries.
         wheel_libs = binary.path.parents[3] / "nvidia_pytriton.libs"
         libdir = sysconfig.get_config_var("LIBDIR")
@@ -176,6 +153,7 @@ def server_environment(binary: ServerBinary) -> dict[str, str]:
 
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+DEFAULT_EXIT_TIMEOUT = 10  # seconds a stopping server gives in-flight requests (Triton: 30)
 
 
 def server_arguments(
@@ -184,6 +162,7 @@ def server_arguments(
     host: str | None = None,
     ports: dict[str, int] = DEFAULT_PORTS,
     strict: bool = False,
+    exit_timeout: int | None = None,
 ) -> list[str]:
     """tritonserver's arguments (after the binary) to serve `models` of `repository` by name.
 
@@ -191,6 +170,7 @@ def server_arguments(
     model that fails to load is reported, not fatal to the others, and the server is ready
     without it. `strict` (a Kubernetes pod): such a model stops the server, and ready means
     every model is. `host=None` keeps Triton's default address (every interface).
+    `exit_timeout` bounds how long a stopping server drains (None: Triton's 30 s).
     """
     flag = str(strict).lower()
     args = [
@@ -202,6 +182,8 @@ def server_arguments(
     if host is not None:
         args += [f"--{kind}-address={host}" for kind in ("http", "grpc", "metrics")]
     args += [f"--{kind}-port={port}" for kind, port in ports.items()]
+    if exit_timeout is not None:
+        args.append(f"--exit-timeout-secs={exit_timeout}")
     return args + [f"--load-model={name}" for name in models]
 
 
@@ -210,8 +192,9 @@ class TritonServer:
 
     Loads the servable models of `repo` (all, or `models`) in explicit model-control mode and
     records the others in `plan.skipped`. The server log goes to `log_file` (default: a file in
-    a private temporary folder), or to this process's stderr with `stream_log=True`.
-    Use as a context manager, or call `start()` and `stop()`.
+    a private temporary folder), or to this process's stderr with `stream_log=True`. On stop,
+    in-flight requests get `exit_timeout` seconds. The server dies with this process (see
+    `toolkit.triton.lifetime`). Use as a context manager, or call `start()` and `stop()`.
     """
 
     def __init__(
@@ -225,6 +208,7 @@ class TritonServer:
         log_file: str | os.PathLike | None = None,
         stream_log: bool = False,
         binary: ServerBinary | None = None,
+        exit_timeout: int = DEFAULT_EXIT_TIMEOUT,
     ):
         self.repo = Path(repo).resolve()
         self.host = host
@@ -235,6 +219,7 @@ class TritonServer:
         self.plan = plan_repository(self.repo, self.binary.backends(), models)
         self.log_file = Path(log_file) if log_file else None
         self.stream_log = stream_log
+        self.exit_timeout = exit_timeout
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
 
@@ -259,20 +244,27 @@ class TritonServer:
         return [
             str(self.binary.path),
             f"--backend-directory={backends_dir}",
-            *server_arguments(self.repo, self.plan.load, host=self.host, ports=self.ports),
+            *server_arguments(
+                self.repo, self.plan.load, self.host, self.ports, exit_timeout=self.exit_timeout
+            ),
         ]
 
     def start(self, timeout: float = 120.0) -> TritonServer:
-        """Start the server and wait until its models are loaded; raises DlkitError with the
-        end of the server log if it does not come up."""
+        """Start the server and wait until its models are loaded (those still loading after
+        `timeout` seconds count as failed, see `failed_models`); raises DlkitError with the
+        end of the server log if no model comes up. Servers left behind by a dlkit process
+        that was killed are stopped first (they may hold the ports)."""
         if not self.plan.load:
             raise DlkitError(f"nothing to serve in {self.repo}: " + self._skipped_text())
+        lifetime.reap_orphans()
         for kind, port in self.ports.items():
             check_port_free(self.host, port, f"--{kind}-port")
-        self.workdir = Path(tempfile.mkdtemp(prefix="dlkit-triton-"))
-        backends_dir = self.binary.backends_dir
+        self.workdir = Path(tempfile.mkdtemp(prefix=lifetime.WORKDIR_PREFIX))
+        lifetime.write_owner(self.workdir)
+        backends_dir, python_bin = self.binary.backends_dir, None
         if self.binary.bundled:
             backends_dir = _python_backend(self.workdir, self.binary)
+            python_bin = _stub_python(self.workdir)
         log_path = self.log_file or self.workdir / "tritonserver.log"
         output = None if self.stream_log else open(log_path, "ab")  # noqa: SIM115
         try:
@@ -281,11 +273,13 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 stdout=sys.stderr.fileno() if self.stream_log else output,
                 stderr=subprocess.STDOUT,
-                env=server_environment(self.binary),
+                env=server_environment(self.binary, python_bin),
                 # Its own process group: python stubs are stopped with it, and a Ctrl-C reaches
                 # only us, so the shutdown happens once, in `stop`.
                 start_new_session=True,
+                preexec_fn=lifetime.preexec(),
             )
+            lifetime.write_owner(self.workdir, self.process.pid)
         finally:
             if output is not None:
                 output.close()
@@ -297,8 +291,10 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until the server answers and none of its models is still loading."""
+        """Block until the server answers and none of its models is still loading, or until
+        `timeout` has passed with at least one model ready."""
         deadline = time.monotonic() + timeout
+        states: dict[str, dict] = {}
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise DlkitError(
@@ -307,9 +303,12 @@ class TritonServer:
                 )
             with contextlib.suppress(DlkitError):
                 states = self.model_states()
-                if all(s["state"] in ("READY", "UNAVAILABLE") for s in states.values()):
-                    return
+            found = {s["state"] for s in states.values()}
+            if states and found <= {"READY", "UNAVAILABLE"}:
+                return
             if time.monotonic() > deadline:
+                if "READY" in found:
+                    return
                 raise DlkitError(
                     f"tritonserver did not become ready within {timeout:.0f} s.{self._log_tail()}"
                 )
@@ -334,8 +333,9 @@ class TritonServer:
 
     def failed_models(self) -> dict[str, str]:
         """Models that were asked for but did not load, with Triton's reason."""
+        still = "still loading when the wait for the models ended (see the server log)"
         return {
-            name: s["reason"] or "failed to load (see the server log)"
+            name: s["reason"] or (still if s["state"] == "LOADING" else "failed to load")
             for name, s in self.model_states().items()
             if s["state"] != "READY"
         }
@@ -360,8 +360,9 @@ class TritonServer:
         assert self.process is not None
         return self.process.wait()
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (Triton unloads its models and exits), SIGKILL after `timeout`; idempotent.
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM (Triton drains for up to `exit_timeout` seconds, unloads its models and
+        exits), SIGKILL after `timeout` (default: the exit timeout and 20 s); idempotent.
         Returns the server's exit status."""
         process, self.process = self.process, None
         code = None
@@ -369,7 +370,7 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             try:
-                code = process.wait(timeout)
+                code = process.wait(self.exit_timeout + 20 if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 code = None
             # Whatever is left of the group (python stubs), and the server if it hung.
