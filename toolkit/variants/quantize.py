@@ -308,7 +308,7 @@ def _check_source(source: str | os.PathLike, mode: str) -> ArtifactInfo:
     fmt = detect_format(source)
     if fmt != Format.ONNX:
         raise DlkitError(
-            f"mode {mode!r} does not apply to {source}: {fmt} artifacts cannot be quantized "
+            f"mode '{mode}' does not apply to {source}: {fmt} artifacts cannot be quantized "
             "here; export to ONNX first (`dlkit export CHECKPOINT --onnx`) and quantize that"
         )
     info = read_info(source)
