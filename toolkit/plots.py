@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -96,8 +97,6 @@ def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLik
 
 def accuracy_latency_figure(variants, selected: str | None):
     """The figure `plot_accuracy_latency` saves."""
-    from matplotlib.ticker import LogFormatter
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plotted = [v for v in variants if v.latency_ms is not None and v.accuracy is not None]
@@ -119,9 +118,7 @@ def accuracy_latency_figure(variants, selected: str | None):
             fontsize=8,
         )
     ax.set_xscale("log")
-    # Plain numbers (14, 0.3), not 1.4×10^1, on major and minor ticks alike.
-    ax.xaxis.set_major_formatter(LogFormatter())
-    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    plain_log_ticks(ax.xaxis)
     ax.set(
         xlabel="p50 latency (ms, log scale)",
         ylabel="validation accuracy",
@@ -130,6 +127,22 @@ def accuracy_latency_figure(variants, selected: str | None):
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log axis in plain numbers (0.3, 14, 200; not 3e-01 or 1.4×10^1): every decade,
+    and as many ticks between as fit (all of them when the axis spans less than a decade)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _) -> str:
+        low, high = axis.get_view_interval()
+        decades = math.log10(high / low) if low > 0 else 99
+        lead = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        shown = range(1, 10) if decades < 1 else (2, 3, 5) if decades < 2 else (2, 5)
+        return f"{value:g}" if decades < 3 and lead in shown else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
