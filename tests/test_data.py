@@ -209,3 +209,16 @@ def test_exif_orientation_is_applied(tmp_path, make_exif_jpegs):
     for channels in (1, 3):
         a, b = load_image(upright, channels), load_image(turned, channels)
         assert a.size == (48, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    levels = np.array([[0, 64, 128], [192, 255, 7]], dtype=np.uint16)
+    Image.fromarray(levels * 257).save(tmp_path / "deep.png")  # 16-bit PNG, full range
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode.startswith("I")
+    for channels in (1, 3):
+        pixels = np.asarray(load_image(tmp_path / "deep.png", channels))
+        gray = pixels if channels == 1 else pixels[..., 0]
+        assert gray.tolist() == levels.tolist()  # 257 * v >> 8 == v

@@ -85,7 +85,8 @@ def load_image(source: ImageSource, channels: int, name: str | None = None) -> I
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(opened) as img:
-                return ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
+                upright = _eight_bit(ImageOps.exif_transpose(img))
+                return upright.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError as exc:
         raise DlkitError(f"image not found: {name}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -96,6 +97,17 @@ def load_image(source: ImageSource, channels: int, name: str | None = None) -> I
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "not an image format it can read" if isinstance(source, bytes) else exc
         raise DlkitError(f"corrupt or unreadable image: {name} ({reason})") from exc
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG, TIFF) scaled to 8 bits: PIL's own conversion clips every value
+    above 255, which turns most such images white. Mode "I" does not say its depth: values
+    over 255 mean 16 bits."""
+    if not img.mode.startswith("I"):
+        return img
+    pixels = np.asarray(img, dtype=np.int64).clip(0, 65535)
+    sixteen = img.mode.startswith("I;16") or pixels.max() > 255
+    return Image.fromarray((pixels >> 8 if sixteen else pixels).astype(np.uint8))
 
 
 def preprocess_images(sources: Sequence[ImageSource], pre: Preprocessing) -> np.ndarray:
