@@ -150,3 +150,14 @@ def test_predict_grid_from_a_folder(dlkit, digits_checkpoint, digits_dir, tmp_pa
     images = sorted((digits_dir / "val" / "4").glob("*.png"))[:3]
     dlkit("predict", digits_checkpoint, *images, "--grid", tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_confusion_matrix_is_headed_by_class_names(
+    dlkit, make_checkpoint, make_folder, tmp_path
+):
+    model = make_checkpoint(tmp_path / "m.pt", classes=3)  # classes c0, c1, c2
+    make_folder(tmp_path / "data", classes=("c0", "c2"), per_class=2)
+    lines = dlkit("eval", model, "--data", tmp_path / "data").output.splitlines()
+    header = lines.index("confusion matrix (rows: true, columns: predicted)") + 1
+    assert lines[header].split() == ["c0", "c1", "c2"]
+    assert [row.split()[0] for row in lines[header + 1 : header + 4]] == ["c0", "c1", "c2"]

@@ -80,8 +80,14 @@ def _print_tables(report: dict) -> None:
         per_class,
     )))  # fmt: skip
     click.echo("\nconfusion matrix (rows: true, columns: predicted)")
-    matrix = list(zip(report["classes"], report["confusion_matrix"], strict=True))
+    classes = report["classes"]
+    # Class names head the columns when they are short; long ones get numbers and a key.
+    named = all(len(name) <= 10 for name in classes)
+    matrix = list(zip(classes, report["confusion_matrix"], strict=True))
     columns = [Column("", lambda r: r[0], "<")] + [
-        Column(str(i), lambda r, i=i: str(r[1][i])) for i in range(len(matrix))
+        Column(name if named else str(i), lambda r, i=i: str(r[1][i]))
+        for i, name in enumerate(classes)
     ]
     click.echo("\n".join(render_text(columns, matrix)))
+    if not named:
+        click.echo("columns: " + ", ".join(f"{i} {name}" for i, name in enumerate(classes)))
