@@ -76,7 +76,7 @@ def test_prediction_grid_titles_and_colours():
     images = [np.zeros((8, 8), dtype=np.uint8)] * 3
     titles = ["a.png\n3 (0.90)", "b.png\n5 (0.60)\nwrong: true 3", "c.png\n1 (0.50)"]
     fig = predictions_figure(images, titles, [False, True, None])
-    shown = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes[:3]]
+    shown = [(ax.get_xlabel(), ax.xaxis.label.get_color()) for ax in fig.axes[:3]]
     assert [t for t, _ in shown] == titles
     assert [c for _, c in shown] == ["tab:green", "tab:red", "black"]
     pyplot().close(fig)

@@ -76,7 +76,7 @@ def predictions_figure(images, titles, wrong=None):
     cols = min(len(images), 6)
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.9 * rows), squeeze=False)
-    for ax in axes.flat:
+    for ax in axes.flat[len(images) :]:
         ax.axis("off")
     colours = {True: "tab:red", False: "tab:green", None: "black"}
     for ax, image, title, bad in zip(axes.flat, images, titles, wrong, strict=False):
@@ -84,7 +84,11 @@ def predictions_figure(images, titles, wrong=None):
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         else:
             ax.imshow(image)
-        ax.set_title(title, fontsize=8, color=colours[bad], y=-0.04, va="top")
+        # The caption is the x label: always below the picture, whatever its aspect ratio.
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
+        ax.set_xlabel(title, fontsize=8, color=colours[bad])
     fig.tight_layout()
     return fig
 
