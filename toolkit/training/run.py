@@ -293,8 +293,8 @@ def _summarise(config: TrainConfig, trainer: Trainer, splits: Splits, run_dir, e
     beat_chance = learned(history, chance, labels)
     if not beat_chance and env.writes:
         logger.warning(
-            "the model learnt nothing: its best val loss %.4f is about the %.4f of answering "
-            "every class as equally likely, and its accuracy is no better than always answering "
+            "the model learnt nothing: its best val loss %.4f is no better than the %.4f of "
+            "answering every class as equally likely, nor its accuracy than always answering "
             "the most common class. Check the images and their class folders, or train longer "
             "or with another --lr.",
             min(h["val_loss"] for h in history),
