@@ -716,3 +716,27 @@ def test_two_nodes_train_and_resume_like_two_processes_on_one(dlkit, tmp_path, t
     assert_same_weights(
         weights_of(tmp_path / "one" / "last.pt"), weights_of(tmp_path / "two" / "last.pt")
     )
+
+
+def test_a_validation_fraction_that_leaves_nothing_to_train_on_says_so(
+    dlkit, tmp_path, make_folder
+):
+    root = make_folder(tmp_path / "data", per_class=3, size=(8, 8))
+    result = dlkit(
+        "train", "--data", root, "--val-fraction", "0.99", "--out", tmp_path / "r", expect=1
+    )
+    assert result.output == (
+        f"Error: no training images in {root}: --val-fraction 0.99 left none for training\n"
+    )
+
+
+@pytest.mark.slow
+def test_a_batch_of_one_that_batch_norm_cannot_take_is_one_clear_error(
+    dlkit, tmp_path, make_folder
+):
+    root = make_folder(tmp_path / "data", per_class=3, size=(8, 8))
+    args = ["--model", "resnet18", "--image-size", "8", "--batch-size", "1", "--epochs", "1"]
+    result = dlkit("train", "--data", root, *args, "--out", tmp_path / "r", expect=1)
+    assert "Error: batch normalization in resnet18 cannot train on a batch" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()

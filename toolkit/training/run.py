@@ -111,6 +111,14 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainSummary:
             f"CUDA ran out of memory at batch size {config.batch_size}; lower --batch-size "
             "(or use --amp bf16/fp16 and --channels-last)"
         ) from exc
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise DlkitError(
+            f"batch normalization in {config.model} cannot train on a batch of one image at "
+            f"{config.image_size} px (one value per channel): raise --batch-size, or "
+            "--image-size"
+        ) from None
     except KeyboardInterrupt:
         raise DlkitError(
             f"interrupted; {run_dir / 'last.pt'} holds the last finished epoch: continue with "
@@ -225,7 +233,10 @@ def _train(
     seed_everything(config.seed)
     splits = load_splits(config.source, config.preprocessing, config.augmentation)
     if len(splits.train) == 0:
-        raise DlkitError(f"no training images in {config.source.describe()}")
+        why = f": --val-fraction {config.val_fraction:g} left none for training"
+        raise DlkitError(
+            f"no training images in {config.source.describe()}{why if splits.val else ''}"
+        )
     _check_classes(config, splits.classes)
     loss_fn, weights = run_loss(config, splits)
     model, spec = _model(config, ckpt, splits.classes)
