@@ -740,3 +740,17 @@ def test_a_batch_of_one_that_batch_norm_cannot_take_is_one_clear_error(
     assert "Error: batch normalization in resnet18 cannot train on a batch" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_before_the_first_epoch_is_saved_keeps_nothing(dlkit, tmp_path, monkeypatch):
+    from toolkit.training import trainer as trainer_module
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", interrupted)
+    result = dlkit("train", "--quiet", "--out", tmp_path / "r", expect=1)
+    assert (
+        result.output == "Error: interrupted before the first epoch was saved; nothing was kept\n"
+    )
+    assert not (tmp_path / "r").exists()

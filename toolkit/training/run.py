@@ -120,9 +120,14 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainSummary:
             "--image-size"
         ) from None
     except KeyboardInterrupt:
+        last = run_dir / "last.pt"
+        if not last.exists():
+            raise DlkitError(
+                "interrupted before the first epoch was saved; nothing was kept"
+            ) from None
         raise DlkitError(
-            f"interrupted; {run_dir / 'last.pt'} holds the last finished epoch: continue with "
-            f"`dlkit train --resume {run_dir / 'last.pt'}`"
+            f"interrupted; {last} holds the last finished epoch: continue with "
+            f"`dlkit train --resume {last}`"
         ) from None
     finally:
         torch.set_num_threads(threads)
