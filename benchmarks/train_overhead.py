@@ -26,7 +26,8 @@ from toolkit.training.trainer import Trainer
 
 def build(config: TrainConfig):
     """Model, optimizer and loaders exactly as `dlkit train` builds them."""
-    from toolkit.data import create_loader, load_splits
+    from toolkit.data import load_splits
+    from toolkit.training.loaders import create_loader
     from toolkit.training.models import create_model
     from toolkit.training.optim import create_optimizer
 

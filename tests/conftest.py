@@ -3,7 +3,7 @@ real image folder, an untrained digits checkpoint (fast tests train nothing) and
 trained run (for slow tests that need a model that has learnt something).
 
 Factories are fixtures that return a function (`make_info`, `make_model`, `make_checkpoint`,
-`make_folder`), so test modules never import from each other."""
+`make_folder`, `make_exif_jpegs`), so test modules never import from each other."""
 
 from __future__ import annotations
 
@@ -112,6 +112,26 @@ def _folder(root: Path, classes=("cat", "dog"), per_class=5, size=(20, 24), mode
                 root / name / f"{i}.png"
             )
     return root
+
+
+def _exif_jpegs(folder: Path) -> tuple[Path, Path]:
+    """The same 48×32 picture as `folder/upright.jpg` and as `folder/turned.jpg`, stored turned
+    a quarter and tagged EXIF orientation 6 (16-pixel single-colour blocks survive JPEG
+    exactly, so both decode to the same pixels once the orientation is applied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = np.random.default_rng(1).integers(0, 255, (2, 3, 3), dtype=np.uint8)
+    upright = Image.fromarray(np.kron(blocks, np.ones((16, 16, 1), dtype=np.uint8)))
+    upright.save(folder / "upright.jpg", quality=100, subsampling=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    turned = upright.transpose(Image.Transpose.ROTATE_90)
+    turned.save(folder / "turned.jpg", quality=100, subsampling=0, exif=exif)
+    return folder / "upright.jpg", folder / "turned.jpg"
+
+
+@pytest.fixture(scope="session")
+def make_exif_jpegs():
+    return _exif_jpegs
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,16 @@ from toolkit.data import (
     ArrayDataset,
     Augmentation,
     build_transform,
-    create_loader,
+    dataset_labels,
     load_digits,
+    load_image,
     load_splits,
     scan_image_folder,
     stratified_split,
     write_digits_folder,
 )
 from toolkit.errors import DlkitError
+from toolkit.training.loaders import create_loader
 
 
 def test_digits_are_upscaled_uint8_with_ten_classes():
@@ -150,3 +152,73 @@ def test_data_digits_command(dlkit, tmp_path):
     out = dlkit.json("data", "digits", tmp_path / "d")
     assert (out["train"], out["val"]) == (1438, 359)
     assert dlkit("data", "digits", tmp_path / "d", expect=1).output.startswith("Error: ")
+
+
+def test_loader_batches_do_not_depend_on_the_worker_count(tmp_path, make_folder):
+    """Augmentation is drawn per sample from (seed, epoch, index): 0 or 2 workers, the same
+    pixels in the same order, and the main process's generator (dropout's) is untouched."""
+    root = make_folder(tmp_path / "data", per_class=6, size=(20, 20))
+    pre = Preprocessing.default(3, 16)
+    splits = load_splits(DataSource(None, str(root)), pre, Augmentation(rotation=20))
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = create_loader(splits.train, 4, train=True, seed=3, workers=workers)
+        out = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            out += [x for x, _ in loader]
+        return out
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    in_process = batches(0)
+    assert torch.equal(torch.get_rng_state(), before)
+    in_workers = batches(2)
+    assert len(in_process) == len(in_workers) == 4
+    for a, b in zip(in_process, in_workers, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(in_process[0], in_process[2])  # epochs differ
+
+
+def test_dataset_labels_without_decoding(tmp_path, make_folder):
+    root = make_folder(tmp_path / "data", per_class=3)
+    (root / "dog" / "0.png").write_bytes(b"corrupt, never read")
+    splits = load_splits(
+        DataSource(None, str(root), val_fraction=0.34), Preprocessing.default(3, 8)
+    )
+    assert dataset_labels(splits.train).tolist() == [label for _, label in splits.train.samples]
+    digits = load_splits(DataSource(), Preprocessing.default(1, 8))
+    labels = dataset_labels(digits.val)
+    assert len(labels) == 359 and labels[5] == digits.val[5][1]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "tab\there", "nel\x85", "line\u2028sep"])
+def test_a_class_folder_named_with_a_control_character_is_named(tmp_path, make_folder, name):
+    root = make_folder(tmp_path / "data", classes=("ok", name), per_class=1)
+    with pytest.raises(DlkitError, match="newline or control character") as error:
+        scan_image_folder(root)
+    assert repr(str(root / name)) in str(error.value)
+
+
+def test_exif_orientation_is_applied(tmp_path, make_exif_jpegs):
+    from PIL import Image
+
+    upright, turned = make_exif_jpegs(tmp_path)
+    with Image.open(turned) as stored:
+        assert stored.size == (32, 48)  # stored on its side
+    for channels in (1, 3):
+        a, b = load_image(upright, channels), load_image(turned, channels)
+        assert a.size == (48, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    levels = np.array([[0, 64, 128], [192, 255, 7]], dtype=np.uint16)
+    Image.fromarray(levels * 257).save(tmp_path / "deep.png")  # 16-bit PNG, full range
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode.startswith("I")
+    for channels in (1, 3):
+        pixels = np.asarray(load_image(tmp_path / "deep.png", channels))
+        gray = pixels if channels == 1 else pixels[..., 0]
+        assert gray.tolist() == levels.tolist()  # 257 * v >> 8 == v

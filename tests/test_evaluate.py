@@ -88,3 +88,76 @@ def test_a_decompression_bomb_is_one_clear_error(dlkit, digits_checkpoint, tmp_p
     Image.new("1", (20000, 20000)).save(bomb)  # 400 MP, a few KB on disk
     result = dlkit("predict", digits_checkpoint, bomb, expect=1)
     assert result.output.startswith(f"Error: image too large: {bomb}")
+
+
+def test_eval_on_a_folder_with_some_of_the_models_classes(
+    dlkit, digits_checkpoint, digits_dir, tmp_path
+):
+    """Classes are matched by name: a folder of 3s and 5s evaluates a 10-class model."""
+    import shutil
+
+    for digit in ("3", "5"):
+        shutil.copytree(digits_dir / "val" / digit, tmp_path / "some" / digit)
+    counts = {d: len(list((tmp_path / "some" / d).iterdir())) for d in ("3", "5")}
+    report = dlkit.json("eval", digits_checkpoint, "--data", tmp_path / "some")
+    assert report["split"] == "all" and report["num_samples"] == sum(counts.values())
+    assert report["data_classes"] == ["3", "5"] and report["classes"] == list("0123456789")
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum(1).tolist() == [counts.get(str(d), 0) for d in range(10)]
+    assert report["per_class"]["3"]["num_samples"] == counts["3"]
+    assert report["per_class"]["0"] == {"accuracy": None, "num_samples": 0}
+    expected = (matrix[3, 3] + matrix[5, 5]) / sum(counts.values())
+    assert report["accuracy"] == pytest.approx(expected)
+    text = dlkit("eval", digits_checkpoint, "--data", tmp_path / "some").output
+    assert "2 of the model's 10 classes" in text.splitlines()[0]
+
+    shutil.copytree(digits_dir / "val" / "7", tmp_path / "some" / "cat")
+    result = dlkit("eval", digits_checkpoint, "--data", tmp_path / "some", expect=1)
+    assert result.output.startswith("Error: the data has classes the model does not know: 'cat'")
+
+
+def test_an_exif_turned_jpeg_predicts_and_evaluates_like_the_upright_one(
+    dlkit, make_checkpoint, make_exif_jpegs, tmp_path
+):
+    model = make_checkpoint(tmp_path / "m.pt", classes=2)  # RGB, 32 px, classes c0 and c1
+    upright, turned = make_exif_jpegs(tmp_path / "pictures")
+    ranked = dlkit.json("predict", model, upright, turned, "--top-k", "2")["predictions"]
+    assert ranked[0]["top_k"] == ranked[1]["top_k"]
+    reports = []
+    for picture in (upright, turned):
+        for label in ("c0", "c1"):
+            (tmp_path / picture.stem / label).mkdir(parents=True)
+            (tmp_path / picture.stem / label / picture.name).write_bytes(picture.read_bytes())
+        reports.append(dlkit.json("eval", model, "--data", tmp_path / picture.stem))
+    assert reports[0]["confusion_matrix"] == reports[1]["confusion_matrix"]
+
+
+def test_grid_captions_name_the_file_and_mark_wrong_answers():
+    from toolkit.commands.predict import grid_captions
+
+    def top(label):
+        return [{"label": label, "probability": 0.75, "index": 0}]
+
+    paths = ["d/3/a.png", "d/3/b.png", "photos/c.png", "x/" + "long" * 10 + ".png"]
+    titles, wrong = grid_captions(paths, [top("3"), top("5"), top("3"), top("3")], ["3", "5"])
+    assert titles[:3] == ["a.png\n3 (0.75)", "b.png\n5 (0.75)\nwrong: true 3", "c.png\n3 (0.75)"]
+    assert wrong == [False, True, None, None]
+    assert titles[3].startswith("longlonglon…") and len(titles[3].splitlines()[0]) == 24
+    assert grid_captions(paths[:1], [top("5")])[1] == [None]  # classes unknown (a server)
+
+
+def test_predict_grid_from_a_folder(dlkit, digits_checkpoint, digits_dir, tmp_path):
+    images = sorted((digits_dir / "val" / "4").glob("*.png"))[:3]
+    dlkit("predict", digits_checkpoint, *images, "--grid", tmp_path / "g.png")
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_confusion_matrix_is_headed_by_class_names(
+    dlkit, make_checkpoint, make_folder, tmp_path
+):
+    model = make_checkpoint(tmp_path / "m.pt", classes=3)  # classes c0, c1, c2
+    make_folder(tmp_path / "data", classes=("c0", "c2"), per_class=2)
+    lines = dlkit("eval", model, "--data", tmp_path / "data").output.splitlines()
+    header = lines.index("confusion matrix (rows: true, columns: predicted)") + 1
+    assert lines[header].split() == ["c0", "c1", "c2"]
+    assert [row.split()[0] for row in lines[header + 1 : header + 4]] == ["c0", "c1", "c2"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.errors import DlkitError
-from toolkit.training.losses import FocalLoss, create_loss
+from toolkit.training.losses import FocalLoss, class_weights, create_loss
 
 
 @pytest.fixture
@@ -69,3 +69,30 @@ def test_create_loss(batch):
         create_loss("hinge")
     with pytest.raises(DlkitError, match="label smoothing"):
         create_loss("focal", label_smoothing=0.1)
+
+
+def test_class_weights_auto_is_inverse_frequency():
+    labels = [0] * 6 + [1] * 2 + [2] * 4
+    weights = class_weights("auto", labels, ["a", "b", "c"])
+    assert weights == pytest.approx([12 / (3 * 6), 12 / (3 * 2), 12 / (3 * 4)])
+    assert class_weights("auto", [0, 1, 0, 1], ["a", "b"]) == [1.0, 1.0]  # balanced: all 1
+    assert class_weights("none", labels, ["a", "b", "c"]) is None
+    assert class_weights([1, 2.5, 3], labels, ["a", "b", "c"]) == [1.0, 2.5, 3.0]
+    with pytest.raises(DlkitError, match=r"--class-weights has 2 values for 3 classes \(a, b, c\)"):
+        class_weights([1, 2], labels, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("name", ["ce", "focal"])
+def test_both_losses_use_the_class_weights(batch, name):
+    logits, target = batch
+    weight = torch.arange(1.0, 6.0)
+    loss = create_loss(name, focal_gamma=0.0, class_weights=weight.tolist())
+    assert torch.allclose(loss(logits, target), F.cross_entropy(logits, target, weight=weight))
+
+
+def test_focal_alpha_reaches_the_loss(batch):
+    logits, target = batch
+    plain = FocalLoss(gamma=2, reduction="none")(logits, target).mean()
+    assert torch.allclose(create_loss("focal", focal_alpha=0.25)(logits, target), 0.25 * plain)
+    with pytest.raises(DlkitError, match="--focal-alpha applies to --loss focal"):
+        create_loss("ce", focal_alpha=0.25)

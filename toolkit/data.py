@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from toolkit.artifacts.metadata import DataSource, Preprocessing
@@ -84,7 +85,8 @@ def load_image(source: ImageSource, channels: int, name: str | None = None) -> I
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(opened) as img:
-                return ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
+                upright = _eight_bit(ImageOps.exif_transpose(img))
+                return upright.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError as exc:
         raise DlkitError(f"image not found: {name}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -95,6 +97,17 @@ def load_image(source: ImageSource, channels: int, name: str | None = None) -> I
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "not an image format it can read" if isinstance(source, bytes) else exc
         raise DlkitError(f"corrupt or unreadable image: {name} ({reason})") from exc
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG, TIFF) scaled to 8 bits: PIL's own conversion clips every value
+    above 255, which turns most such images white. Mode "I" does not say its depth: values
+    over 255 mean 16 bits."""
+    if not img.mode.startswith("I"):
+        return img
+    pixels = np.asarray(img, dtype=np.int64).clip(0, 65535)
+    sixteen = img.mode.startswith("I;16") or pixels.max() > 255
+    return Image.fromarray((pixels >> 8 if sixteen else pixels).astype(np.uint8))
 
 
 def preprocess_images(sources: Sequence[ImageSource], pre: Preprocessing) -> np.ndarray:
@@ -177,6 +190,12 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[tuple[str, int]], l
             f"no class folders in {root}: expected {root}/<class name>/<image files> "
             "(`dlkit data digits DIR` writes an example)"
         )
+    for name in classes:
+        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+            raise DlkitError(
+                f"class folder {str(root / name)!r} has a newline or control character in its "
+                "name; class names end up one per line in labels files: rename it"
+            )
     samples = []
     for label, name in enumerate(classes):
         files = sorted(
@@ -219,6 +238,17 @@ def load_digits(image_size: int = DIGITS_IMAGE_SIZE) -> tuple[np.ndarray, np.nda
     big = torch.nn.functional.interpolate(small, size=image_size, mode="bilinear")
     images = big.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
     return images, digits.target.astype(np.int64), [str(c) for c in digits.target_names]
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The labels of `dataset`, in order, read without decoding any image."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, ArrayDataset):
+        return dataset.labels.numpy()
+    if isinstance(dataset, ImageFileDataset):
+        return np.array([label for _, label in dataset.samples], dtype=np.int64)
+    return np.array([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
 
 
 @dataclass
@@ -276,45 +306,6 @@ def load_split(source: DataSource, pre: Preprocessing, split: str = "val") -> tu
     if split in ("train", "val"):
         return getattr(splits, split), splits.classes
     raise DlkitError(f"unknown split {split!r}; choose train, val or all")
-
-
-# ------------------------------------------------------------------------------------- loaders
-
-
-def create_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    train: bool = False,
-    seed: int = 0,
-    workers: int = 0,
-    pin_memory: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-) -> DataLoader:
-    """A DataLoader whose shuffling depends only on (seed, epoch): call
-    `loader.sampler.set_epoch(epoch)` each epoch. Training loaders shard across `world_size`
-    processes and drop the last incomplete batch; evaluation loaders keep every sample."""
-    if batch_size < 1:
-        raise DlkitError(f"batch size must be at least 1, got {batch_size}")
-    if train:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
-        drop_last = len(dataset) // world_size >= batch_size
-    else:
-        # Each rank evaluates a disjoint shard (no padding duplicates); metrics are summed.
-        sampler = list(range(rank, len(dataset), world_size))
-        drop_last = False
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        persistent_workers=workers > 0,
-    )
 
 
 # ------------------------------------------------------------------------ writing digits to disk

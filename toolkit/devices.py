@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from pathlib import Path
 
@@ -48,3 +49,16 @@ def cpu_info() -> tuple[str, set[str]]:
                 flags = set(value.split())
                 break
     return model, flags
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def native_bf16(flags: set[str]) -> bool:
+    """Whether a CPU with these /proc/cpuinfo flags computes bf16 natively (AVX-512 BF16 or
+    AMX); without either, bf16 autocast is emulated and far slower than fp32."""
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

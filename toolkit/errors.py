@@ -21,7 +21,7 @@ def user_message(exc: BaseException) -> str:
     """
     text = str(exc)
     if _WORKER_MARKER in text:
-        last = text.strip().splitlines()[-1]
-        prefix = f"{DlkitError.__name__}: "
-        text = last.removeprefix(prefix)
+        text = text.strip().splitlines()[-1]
+        for name in (f"{DlkitError.__module__}.{DlkitError.__name__}", DlkitError.__name__):
+            text = text.removeprefix(f"{name}: ")
     return text

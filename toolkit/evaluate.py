@@ -9,6 +9,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit.artifacts.runner import Runner
+from toolkit.errors import DlkitError
 
 
 def predict_dataset(
@@ -47,9 +48,32 @@ def classification_report(
     }
 
 
-def evaluate(runner: Runner, dataset: Dataset, batch_size: int = 64) -> dict[str, Any]:
-    """Classification report of `runner` on `dataset`."""
+def model_labels(data_classes: Sequence[str], model_classes: Sequence[str]) -> np.ndarray:
+    """For each of the data's classes, its index among the model's, matched by name (the data
+    may hold some of the model's classes only); a class the model does not know is an error
+    naming it."""
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [name for name in data_classes if name not in index]
+    if unknown:
+        known = ", ".join(model_classes[:20]) + (", ..." if len(model_classes) > 20 else "")
+        raise DlkitError(
+            f"the data has classes the model does not know: {', '.join(map(repr, unknown))} "
+            f"(the model's classes are {known}); evaluate on folders named after those"
+        )
+    return np.array([index[name] for name in data_classes], dtype=np.int64)
+
+
+def evaluate(
+    runner: Runner,
+    dataset: Dataset,
+    batch_size: int = 64,
+    data_classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Classification report of `runner` on `dataset`. With `data_classes` (the class names
+    the dataset's labels index), labels are matched to the model's classes by name."""
     logits, labels = predict_dataset(runner, dataset, batch_size)
+    if data_classes is not None:
+        labels = model_labels(data_classes, runner.info.classes)[labels]
     return classification_report(logits, labels, runner.info.classes)
 
 

@@ -1,7 +1,9 @@
-"""PNG figures: training curves and prediction grids (matplotlib, headless)."""
+"""PNG figures: training curves, prediction grids, accuracy against latency, benchmarks
+(matplotlib, headless). Each `plot_*` saves the figure its `*_figure` builds."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -20,42 +22,85 @@ def pyplot():
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
-    """Loss (train and validation) and validation accuracy against epoch."""
+    """Loss, accuracy (train and validation) and learning rate against epoch."""
+    save_figure(history_figure(history), path)
+
+
+def history_figure(history: Sequence[dict[str, float]]):
+    """The figure `plot_history` saves."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+
+    def curve(ax, key: str, label: str, **style) -> None:
+        if all(key in h for h in history):  # runs from before a metric was recorded lack it
+            ax.plot(epochs, [h[key] for h in history], marker="o", label=label, **style)
+
+    curve(ax_loss, "train_loss", "train")
+    curve(ax_loss, "val_loss", "validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], marker="o", color="tab:green")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
-    for ax in (ax_loss, ax_acc):
+    curve(ax_acc, "train_accuracy", "train")
+    curve(ax_acc, "val_accuracy", "validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    curve(ax_lr, "lr", "learning rate", color="tab:purple")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate (at the epoch's start)", title="Learning rate")
+    if all(h.get("lr", 0) > 0 for h in history):
+        ax_lr.set_yscale("log")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # one epoch: a tick at 1, not 0.95
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
 
 
 def plot_predictions(
-    images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    wrong: Sequence[bool | None] | None = None,
 ) -> None:
-    """A grid of images (H×W or H×W×3 uint8) with a title under each."""
+    """A grid of images (H×W or H×W×3 uint8) with a title under each; `wrong[i]` colours a
+    title red (a wrong prediction), green (a right one) or leaves it black (None: unknown)."""
+    save_figure(predictions_figure(images, titles, wrong), path)
+
+
+def predictions_figure(images, titles, wrong=None):
+    """The figure `plot_predictions` saves."""
     plt = pyplot()
+    wrong = list(wrong) if wrong is not None else [None] * len(images)
     cols = min(len(images), 6)
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
-    for ax in axes.flat:
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(images) :]:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles, strict=False):
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-        ax.set_title(title, fontsize=9)
+    colours = {True: "tab:red", False: "tab:green", None: "black"}
+    for ax, image, title, bad in zip(axes.flat, images, titles, wrong, strict=False):
+        if image.ndim == 2:  # grayscale as it is, not stretched to its own darkest and lightest
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(image)
+        # The caption is the x label: always below the picture, whatever its aspect ratio.
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
+        ax.set_xlabel(title, fontsize=8, color=colours[bad])
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
 
 
 def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLike) -> None:
     """Accuracy against p50 latency, one point per benchmarked variant, the selected one
     marked (`variants` have name, accuracy and latency_ms)."""
+    save_figure(accuracy_latency_figure(variants, selected), path)
+
+
+def accuracy_latency_figure(variants, selected: str | None):
+    """The figure `plot_accuracy_latency` saves."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plotted = [v for v in variants if v.latency_ms is not None and v.accuracy is not None]
@@ -77,14 +122,31 @@ def plot_accuracy_latency(variants, selected: str | None, path: str | os.PathLik
             fontsize=8,
         )
     ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
     ax.set(
         xlabel="p50 latency (ms, log scale)",
         ylabel="validation accuracy",
         title="Accuracy against latency",
     )
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log axis in plain numbers (0.3, 14, 200; not 3e-01 or 1.4×10^1): every decade,
+    and as many ticks between as fit (all of them when the axis spans less than a decade)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _) -> str:
+        low, high = axis.get_view_interval()
+        decades = math.log10(high / low) if low > 0 else 99
+        lead = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        shown = range(1, 10) if decades < 1 else (2, 3, 5) if decades < 2 else (2, 5)
+        return f"{value:g}" if decades < 3 and lead in shown else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:

@@ -35,7 +35,6 @@ def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_jso
 
     from toolkit.artifacts import open_runner
     from toolkit.data import load_split
-    from toolkit.errors import DlkitError
     from toolkit.evaluate import evaluate as run_evaluation
 
     runner = open_runner(model_path, device=device, trust=trust)
@@ -48,18 +47,21 @@ def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_jso
         source = dataclasses.replace(source, data=data, dataset=None if data else dataset)
     split = split or "val"
     dataset_obj, classes = load_split(source, runner.info.preprocessing, split)
-    if list(classes) != list(runner.info.classes):
-        raise DlkitError(
-            f"the data's classes {classes} differ from the model's {list(runner.info.classes)}"
-        )
-    report = run_evaluation(runner, dataset_obj, batch_size)
-    report |= {"model": str(model_path), "data": source.describe(), "split": split}
+    report = run_evaluation(runner, dataset_obj, batch_size, data_classes=classes)
+    report |= {
+        "model": str(model_path),
+        "data": source.describe(),
+        "split": split,
+        "data_classes": list(classes),
+    }
     if as_json:
         print_json(report)
         return
+    some = len(classes) < len(runner.info.classes)
+    subset = f"; {len(classes)} of the model's {len(runner.info.classes)} classes" if some else ""
     click.echo(
         f"accuracy {report['accuracy']:.4f} on {report['num_samples']} images "
-        f"({split} split of {report['data']})"
+        f"({split} split of {report['data']}{subset})"
     )
     _print_tables(report)
 
@@ -78,8 +80,14 @@ def _print_tables(report: dict) -> None:
         per_class,
     )))  # fmt: skip
     click.echo("\nconfusion matrix (rows: true, columns: predicted)")
-    matrix = list(zip(report["classes"], report["confusion_matrix"], strict=True))
+    classes = report["classes"]
+    # Class names head the columns when they are short; long ones get numbers and a key.
+    named = all(len(name) <= 10 for name in classes)
+    matrix = list(zip(classes, report["confusion_matrix"], strict=True))
     columns = [Column("", lambda r: r[0], "<")] + [
-        Column(str(i), lambda r, i=i: str(r[1][i])) for i in range(len(matrix))
+        Column(name if named else str(i), lambda r, i=i: str(r[1][i]))
+        for i, name in enumerate(classes)
     ]
     click.echo("\n".join(render_text(columns, matrix)))
+    if not named:
+        click.echo("columns: " + ", ".join(f"{i} {name}" for i, name in enumerate(classes)))

@@ -59,16 +59,17 @@ def predict(
         ranked, channels, model_path = _predict_served(
             list(urls), served_model, protocol, images, top_k, timeout
         )
+        classes = None
     else:
         if served_model or protocol:
             raise DlkitError("--model and --protocol go with --url")
         if len(paths) < 2:
             raise DlkitError("give a MODEL file and at least one IMAGE (or --url for a server)")
         model_path, images = paths[0], find_images(paths[1:])
-        ranked, channels = _predict_local(model_path, images, top_k, device, trust)
+        ranked, channels, classes = _predict_local(model_path, images, top_k, device, trust)
     results = [{"image": str(p), "top_k": r} for p, r in zip(images, ranked, strict=True)]
     if grid:
-        _save_grid(images, ranked, channels, grid)
+        _save_grid(images, ranked, channels, grid, classes)
     if as_json:
         print_json({"model": str(model_path), "predictions": results, "grid": grid})
         return
@@ -87,7 +88,8 @@ def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
     runner = open_runner(model_path, device=device, trust=trust)
     pre = runner.info.preprocessing
     logits = runner(preprocess_images(images, pre))
-    return rank_classes(logits, runner.info.classes, top_k), pre.channels
+    classes = runner.info.classes
+    return rank_classes(logits, classes, top_k), pre.channels, classes
 
 
 def _predict_served(urls: list[str], model, protocol, images, top_k: int, timeout: float):
@@ -105,12 +107,29 @@ def _predict_served(urls: list[str], model, protocol, images, top_k: int, timeou
     return ranked, channels, f"{client.url}/{model}"
 
 
-def _save_grid(paths, ranked, channels: int, out: str) -> None:
+def _save_grid(paths, ranked, channels: int, out: str, classes=None) -> None:
     import numpy as np
 
     from toolkit.data import load_image
     from toolkit.plots import plot_predictions
 
     pictures = [np.asarray(load_image(p, channels)) for p in paths]
-    titles = [f"{r[0]['label']} ({r[0]['probability']:.2f})" for r in ranked]
-    plot_predictions(pictures, titles, out)
+    titles, wrong = grid_captions(paths, ranked, classes)
+    plot_predictions(pictures, titles, out, wrong)
+
+
+def grid_captions(paths, ranked, classes=None) -> tuple[list[str], list[bool | None]]:
+    """Per image: its file name and top answer, and whether that answer is wrong. An image in
+    a folder named after one of the model's `classes` has that true label (None: unknown)."""
+    from pathlib import Path
+
+    titles, wrong = [], []
+    for path, top in zip(paths, ranked, strict=True):
+        name = Path(path).name
+        name = name if len(name) <= 24 else name[:11] + "…" + name[-12:]
+        truth = Path(path).parent.name
+        bad = top[0]["label"] != truth if truth in (classes or ()) else None
+        answer = f"{top[0]['label']} ({top[0]['probability']:.2f})"
+        titles.append(f"{name}\n{answer}" + (f"\nwrong: true {truth}" if bad else ""))
+        wrong.append(bad)
+    return titles, wrong

@@ -40,7 +40,7 @@ class TrainConfig:
     hflip: bool | None = None
     rotation: float = 10.0
     min_crop_scale: float = 0.7
-    workers: int = 0
+    workers: int | None = None  # None: 0 for in-memory data, else min(4, cores per process)
     pin_memory: bool | None = None
     # model
     model: str = "smallresnet"
@@ -58,6 +58,8 @@ class TrainConfig:
     loss: str = "ce"
     label_smoothing: float = 0.0
     focal_gamma: float = 2.0
+    focal_alpha: float | list[float] | None = None
+    class_weights: str | list[float] = "none"  # "none", "auto" (inverse frequency) or one each
     grad_clip: float | None = None
     amp: str = "off"
     channels_last: bool = False
@@ -68,6 +70,7 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # None: half the usable cores per process (at least one)
     out: str | None = None
     quiet: bool = False
 
@@ -108,6 +111,7 @@ class TrainConfig:
             "batch_size": (1, 1_000_000),
             "image_size": (1, 4096),
             "workers": (0, 256),
+            "threads": (1, 1024),
             "early_stopping": (0, 100_000),
             "lr": (1e-12, 100.0),
             "weight_decay": (0.0, 10.0),
@@ -132,6 +136,31 @@ class TrainConfig:
                 raise DlkitError(f"--{flag} must be a number from {low:g} to {high:g}, got {value}")
         if self.channels not in (1, 3):
             raise DlkitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        self._check_weights()
+
+    def _check_weights(self) -> None:
+        """--focal-alpha and --class-weights: finite, non-negative and not all zero (how many
+        there must be is checked against the classes, once the data is read)."""
+        if self.class_weights in ("auto", "none"):
+            given = [("focal-alpha", self.focal_alpha)]
+        elif isinstance(self.class_weights, list):
+            given = [("focal-alpha", self.focal_alpha), ("class-weights", self.class_weights)]
+        else:
+            raise DlkitError(
+                f"--class-weights must be auto, none or one weight per class (a,b,c), "
+                f"got {self.class_weights!r}"
+            )
+        for flag, value in given:
+            values = value if isinstance(value, list) else [value]
+            if value is None:
+                continue
+            numbers = all(isinstance(v, (int, float)) and 0 <= v <= 1e6 for v in values)
+            if not (values and numbers and any(values)):
+                raise DlkitError(
+                    f"--{flag} takes finite non-negative numbers, not all zero; got {value}"
+                )
+        if self.focal_alpha is not None and self.loss != Loss.FOCAL:
+            raise DlkitError("--focal-alpha applies to --loss focal only")
 
     @property
     def source(self) -> DataSource:

@@ -70,15 +70,44 @@ def create_loss(
     label_smoothing: float = 0.0,
     focal_gamma: float = 2.0,
     class_weights: Sequence[float] | None = None,
+    focal_alpha: float | Sequence[float] | None = None,
 ) -> nn.Module:
-    """`ce` (cross entropy, optional label smoothing) or `focal`."""
+    """`ce` (cross entropy, optional label smoothing) or `focal`; both take per-class weights,
+    `focal` also its alpha."""
     if not 0.0 <= label_smoothing < 1.0:
         raise DlkitError(f"label smoothing must be in [0, 1), got {label_smoothing}")
     weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
     if name == "ce":
+        if focal_alpha is not None:
+            raise DlkitError("--focal-alpha applies to --loss focal only")
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     if name == "focal":
         if label_smoothing:
             raise DlkitError("label smoothing applies to --loss ce only")
-        return FocalLoss(gamma=focal_gamma, weight=weight)
+        return FocalLoss(alpha=focal_alpha, gamma=focal_gamma, weight=weight)
     raise DlkitError(f"unknown loss {name!r}; choose ce or focal")
+
+
+def class_weights(
+    option: str | Sequence[float], labels: Sequence[int], classes: Sequence[str]
+) -> list[float] | None:
+    """The loss's per-class weights for `--class-weights`: `none`, `auto` (inverse frequency
+    of `labels`, the training split: n / (classes × count), so a balanced split gets all 1) or
+    one weight per class, given."""
+    if option == "none":
+        return None
+    if option == "auto":
+        counts = torch.bincount(torch.as_tensor(labels), minlength=len(classes)).clamp(min=1)
+        return (len(labels) / (len(classes) * counts.double())).tolist()
+    return per_class(option, classes, "--class-weights")
+
+
+def per_class(values: Sequence[float], classes: Sequence[str], flag: str) -> list[float]:
+    """`values` as a list, which must hold exactly one number per class."""
+    if len(values) != len(classes):
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+        raise DlkitError(
+            f"{flag} has {len(values)} values for {len(classes)} classes ({shown}): give one "
+            "per class, in this order"
+        )
+    return [float(v) for v in values]

@@ -5,25 +5,32 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from toolkit import __version__
 from toolkit.artifacts.checkpoint import Checkpoint, load_checkpoint, read_state_dict
-from toolkit.artifacts.metadata import ArtifactInfo
-from toolkit.data import create_loader, load_splits
-from toolkit.devices import resolve_device
+from toolkit.artifacts.metadata import ArtifactInfo, check_class_names
+from toolkit.data import Splits, dataset_labels, load_splits
+from toolkit.devices import cpu_info, native_bf16, resolve_device, usable_cores
 from toolkit.errors import DlkitError
+from toolkit.log import logger
 from toolkit.training.config import TrainConfig
-from toolkit.training.distributed import DistEnv
-from toolkit.training.losses import create_loss
+from toolkit.training.distributed import DistEnv, join_group, leave_group
+from toolkit.training.loaders import create_loader
+from toolkit.training.losses import class_weights, create_loss, per_class
 from toolkit.training.models import build_model, create_model
 from toolkit.training.optim import create_optimizer, create_scheduler
+from toolkit.training.summary import (
+    TrainSummary,
+    chance_loss,
+    class_list,
+    learned,
+    startup_lines,
+)
 from toolkit.training.trainer import EarlyStopping, Trainer
 
 # Settings that define the model and its data: a resumed run must keep them.
@@ -36,34 +43,6 @@ FIXED_ON_RESUME = (
     "val_fraction",
     "split_seed",
 )
-
-
-@dataclass
-class TrainSummary:
-    """What a training run did (`dlkit train --json` prints `to_dict()`)."""
-
-    run_dir: str
-    best_checkpoint: str
-    last_checkpoint: str
-    best_epoch: int
-    best_val_accuracy: float
-    best_val_loss: float
-    final_val_accuracy: float
-    epochs_run: int
-    epochs_total: int
-    stopped_early: bool
-    train_seconds: float
-    world_size: int
-    device: str
-    monitor: str = "val_accuracy"
-    stop_reason: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainSummary:
-        return cls(**d)
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> TrainConfig:
@@ -94,6 +73,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def default_threads(local_processes: int = 1) -> int:
+    """Intra-op threads per process unless told: half the usable cores, shared among this
+    machine's processes, at least one. torch's default (every core) fights whatever else runs:
+    on the shared 2-core machine one thread trained 2.4-4.6x faster than two
+    (benchmarks/results/train_threads.md)."""
+    return max(1, usable_cores() // (2 * local_processes))
+
+
+def default_workers(config: TrainConfig, local_processes: int = 1) -> int:
+    """Loader workers unless told: none for in-memory data, which needs no decoding; image
+    files decode in min(4, cores per process) workers (one decoding in the training process
+    ran at a quarter of the speed of two workers)."""
+    if config.data is None:
+        return 0
+    return min(4, max(1, usable_cores() // local_processes))
+
+
 def train(config: TrainConfig, resume: str | None = None) -> TrainSummary:
     """Run training as `config` says (in a torchrun job when launched by one) and return a
     summary: checkpoints, best validation accuracy, epochs run."""
@@ -102,23 +98,53 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainSummary:
     ckpt = load_checkpoint(resume) if resume else None
     device = resolve_device(config.device, env.local_rank)
     run_dir = _run_dir(config, resume)
-    if env.world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if env.local_rank == 0:
+        _warn_about_amp(config.amp, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or default_threads(env.local_world_size))
     try:
+        if env.world_size > 1:
+            env, run_dir = join_group(env, device, run_dir)
         return _train(config, ckpt, device, run_dir, env)
     except torch.OutOfMemoryError as exc:
         raise DlkitError(
             f"CUDA ran out of memory at batch size {config.batch_size}; lower --batch-size "
             "(or use --amp bf16/fp16 and --channels-last)"
         ) from exc
-    except KeyboardInterrupt:
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
         raise DlkitError(
-            f"interrupted; {run_dir / 'last.pt'} holds the last finished epoch: continue with "
-            f"`dlkit train --resume {run_dir / 'last.pt'}`"
+            f"batch normalization in {config.model} cannot train on a batch of one image at "
+            f"{config.image_size} px (one value per channel): raise --batch-size, or "
+            "--image-size"
+        ) from None
+    except KeyboardInterrupt:
+        last = run_dir / "last.pt"
+        if not last.exists():
+            raise DlkitError(
+                "interrupted before the first epoch was saved; nothing was kept"
+            ) from None
+        raise DlkitError(
+            f"interrupted; {last} holds the last finished epoch: continue with "
+            f"`dlkit train --resume {last}`"
         ) from None
     finally:
-        if env.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        torch.set_num_threads(threads)
+        leave_group()
+
+
+def _warn_about_amp(amp: str, device: torch.device) -> None:
+    if amp != "bf16" or device.type != "cpu":
+        return
+    model, flags = cpu_info()
+    if not native_bf16(flags):
+        logger.warning(
+            "--amp bf16 on %s: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 is "
+            "emulated and trains many times slower than fp32 (about 25x on an AVX2 machine); "
+            "leave out --amp here",
+            model,
+        )
 
 
 def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str]):
@@ -141,11 +167,33 @@ def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str]):
     )
 
 
-def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, device, run_dir, env):
+def _check_classes(config: TrainConfig, classes: list[str]) -> None:
+    """Refuse, before any work, data a classifier cannot be trained on."""
+    if len(classes) < 2:
+        raise DlkitError(
+            f"{config.source.describe()} has {len(classes)} class ({', '.join(classes)}): a "
+            "classifier needs at least two classes, one folder of images each"
+        )
+    check_class_names(classes)
+
+
+def run_loss(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, list[float] | None]:
+    """The loss `config` asks for, with its class weights (`auto`: from the training split)."""
+    weights = class_weights(config.class_weights, dataset_labels(splits.train), splits.classes)
+    alpha = config.focal_alpha
+    if isinstance(alpha, list):
+        alpha = per_class(alpha, splits.classes, "--focal-alpha")
+    loss_fn = create_loss(config.loss, config.label_smoothing, config.focal_gamma, weights, alpha)
+    return loss_fn, weights
+
+
+def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, loss_fn, device, run_dir, env):
     """Loaders, optimiser, schedule, early stopping and the Trainer, as `config` says."""
-    seed_everything(config.seed + env.rank)  # augmentation differs per rank, weights do not
     pin = device.type == "cuda" if config.pin_memory is None else config.pin_memory
-    loader_args = dict(seed=config.seed, workers=config.workers, pin_memory=pin)
+    workers = config.workers
+    if workers is None:
+        workers = default_workers(config, env.local_world_size)
+    loader_args = dict(seed=config.seed, workers=workers, pin_memory=pin)
     loader_args |= dict(rank=env.rank, world_size=env.world_size)
     train_loader = create_loader(splits.train, config.batch_size, train=True, **loader_args)
     val_loader = create_loader(splits.val, config.batch_size, **loader_args)
@@ -164,7 +212,7 @@ def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, device, run
     return Trainer(
         model=model,
         optimizer=optimizer,
-        loss_fn=create_loss(config.loss, config.label_smoothing, config.focal_gamma).to(device),
+        loss_fn=loss_fn.to(device),
         train_loader=train_loader,
         val_loader=val_loader,
         device=device,
@@ -173,12 +221,14 @@ def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, device, run
         channels_last=config.channels_last,
         grad_clip=config.grad_clip,
         early_stopping=stopping,
-        run_dir=run_dir if env.rank == 0 else None,
+        run_dir=run_dir if env.writes else None,
         checkpoint_extra={"info": info.to_dict(), "config": config.to_dict()},
         run_files={"config.json": config.to_dict()},
         quiet=config.quiet,
+        writer=env.writes,
         rank=env.rank,
         world_size=env.world_size,
+        seed=config.seed,  # dropout differs per rank and epoch, weights do not
     )
 
 
@@ -188,7 +238,12 @@ def _train(
     seed_everything(config.seed)
     splits = load_splits(config.source, config.preprocessing, config.augmentation)
     if len(splits.train) == 0:
-        raise DlkitError(f"no training images in {config.source.describe()}")
+        why = f": --val-fraction {config.val_fraction:g} left none for training"
+        raise DlkitError(
+            f"no training images in {config.source.describe()}{why if splits.val else ''}"
+        )
+    _check_classes(config, splits.classes)
+    loss_fn, weights = run_loss(config, splits)
     model, spec = _model(config, ckpt, splits.classes)
     info = ArtifactInfo(
         classes=tuple(splits.classes),
@@ -197,30 +252,104 @@ def _train(
         source=config.source,
         dlkit_version=__version__,
     )
-    trainer = _trainer(config, model, info, splits, device, run_dir, env)
+    trainer = _trainer(config, model, info, splits, loss_fn, device, run_dir, env)
     if ckpt is not None:
         trainer.load_state_dict(ckpt.state)
+    if env.writes and not config.quiet:
+        _log_startup(config, splits, trainer, weights, run_dir, ckpt)
     start_epoch = trainer.epoch
     start = time.perf_counter()
-    history = trainer.fit(config.epochs)
-    stopping = trainer.early_stopping
+    trainer.fit(config.epochs)
+    summary = _summarise(config, trainer, splits, run_dir, env)
+    summary.epochs_run = trainer.epoch - start_epoch
+    summary.train_seconds = time.perf_counter() - start
+    summary.class_weights = weights
+    return summary
+
+
+def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckpt) -> None:
+    """What is about to happen, in one block: data, model, where it runs, loss and schedule."""
+    params = sum(p.numel() for p in trainer.model.parameters())
+    loss = str(config.loss)
+    if config.loss == "focal":
+        loss += f" (gamma {config.focal_gamma:g}, alpha {config.focal_alpha or 'none'})"
+    elif config.label_smoothing:
+        loss += f" (label smoothing {config.label_smoothing:g})"
+    weights_text = "none" if weights is None else ", ".join(f"{w:.3g}" for w in weights)
+    if isinstance(config.class_weights, str) and weights is not None:
+        weights_text = f"{config.class_weights}: {weights_text}"
+    processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+    workers = trainer.train_loader.num_workers
+    facts = {
+        "data": config.source.describe(),
+        "classes": class_list(splits.classes),
+        "images": f"{len(splits.train)} train, {len(splits.val)} validation",
+        "input": f"{config.image_size}x{config.image_size}, {config.channels} channel(s)",
+        "model": f"{config.model}, {params:,} parameters",
+        "device": f"{trainer.device}{processes}",
+        "threads": f"{torch.get_num_threads()} intra-op, {workers} loader workers",
+        "loss": loss,
+        "class weights": weights_text,
+        "optimiser": f"{config.optimizer}, lr {config.lr:g}, {config.scheduler} schedule",
+        "epochs": f"{config.epochs} of batch {config.batch_size}",
+        "precision": None if config.amp == "off" else f"autocast {config.amp}",
+        "resumed": None if ckpt is None else f"{ckpt.path} after epoch {trainer.epoch}",
+        "run folder": str(run_dir),
+    }
+    logger.info("training:\n%s", "\n".join(startup_lines(facts)))
+
+
+def _summarise(config: TrainConfig, trainer: Trainer, splits: Splits, run_dir, env) -> TrainSummary:
+    """The summary of a finished run; warns when the model learnt nothing."""
+    history, stopping = trainer.history, trainer.early_stopping
     best = next((h for h in history if h["epoch"] == stopping.best_epoch), history[-1])
+    top = max(history, key=lambda h: h["val_accuracy"])
+    labels = dataset_labels(splits.val)
+    chance = chance_loss(trainer.loss_fn, labels, len(splits.classes))
+    beat_chance = learned(history, chance, labels)
+    if not beat_chance and env.writes:
+        logger.warning(
+            "the model learnt nothing: its best val loss %.4f is no better than the %.4f of "
+            "answering every class as equally likely, nor its accuracy than always answering "
+            "the most common class. Check the images and their class folders, or train longer "
+            "or with another --lr.",
+            min(h["val_loss"] for h in history),
+            chance,
+        )
+    best_checkpoint: str | None = str(run_dir / "best.pt")
+    if env.writes and not (run_dir / "best.pt").exists():
+        logger.warning(
+            "%s has no best.pt: no epoch of this run beat the best %s of the run it resumed "
+            "(%.4f at epoch %d), whose best.pt holds those weights",
+            run_dir,
+            config.monitor,
+            stopping.best,
+            stopping.best_epoch,
+        )
+        best_checkpoint = None
     return TrainSummary(
         run_dir=str(run_dir),
-        best_checkpoint=str(run_dir / "best.pt"),
+        best_checkpoint=best_checkpoint,
         last_checkpoint=str(run_dir / "last.pt"),
         best_epoch=stopping.best_epoch,
         best_val_accuracy=best["val_accuracy"],
         best_val_loss=best["val_loss"],
         final_val_accuracy=history[-1]["val_accuracy"],
-        epochs_run=trainer.epoch - start_epoch,
+        epochs_run=0,
         epochs_total=trainer.epoch,
         stopped_early=stopping.should_stop,
-        train_seconds=time.perf_counter() - start,
+        train_seconds=0.0,
         world_size=env.world_size,
-        device=str(device),
+        device=str(trainer.device),
         monitor=str(config.monitor),
         stop_reason=stopping.reason(trainer.epoch, config.epochs),
+        best_value=stopping.best,
+        max_val_accuracy=top["val_accuracy"],
+        max_val_accuracy_epoch=top["epoch"],
+        learned=beat_chance,
+        chance_val_loss=chance,
+        threads=torch.get_num_threads(),
+        workers=trainer.train_loader.num_workers,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,17 @@ from toolkit.errors import DlkitError
 from toolkit.files import write_json
 from toolkit.log import logger
 from toolkit.plots import plot_history
+from toolkit.training.loaders import derived_seed
 from toolkit.training.optim import Schedule
 
-# How often (in batches) the progress bar reads the running loss back from the device.
+# How often (in batches) progress reads the running loss back from the device.
 PROGRESS_EVERY = 10
+# Without a terminal (a CI log, a file) a progress line every this many seconds of an epoch.
+PROGRESS_LOG_SECONDS = 30.0
+# Tells an epoch's seed from a sample's (both derive from the run's seed and the epoch).
+EPOCH_STREAM = 1
+# What a run folder holds (besides the `run_files` a run adds).
+RUN_FILES = ("last.pt", "best.pt", "history.json", "history.png")
 
 
 @dataclass
@@ -80,14 +88,62 @@ class EarlyStopping:
         self.bad_epochs = state["bad_epochs"]
 
 
+class Progress:
+    """Progress through one epoch on stderr: a tqdm bar on a terminal; otherwise (a CI log, a
+    file) a log line every PROGRESS_LOG_SECONDS, so long epochs are not silent."""
+
+    def __init__(self, epoch: int, batches: int, enabled: bool, world_size: int = 1):
+        terminal = sys.stderr.isatty()
+        self.epoch, self.batches, self.world_size = epoch, batches, world_size
+        self.bar = tqdm(
+            total=batches,
+            desc=f"epoch {epoch}",
+            file=sys.stderr,
+            leave=False,
+            disable=not (enabled and terminal),
+            unit="batch",
+        )
+        self.log = enabled and not terminal
+        self.step = 0
+        self.start = self.logged = time.perf_counter()
+
+    def update(self, loss_sum: torch.Tensor, hits: torch.Tensor, seen: int) -> None:
+        """After each batch, with the running sums (read from the device only now and then)."""
+        self.step += 1
+        self.bar.update()
+        if self.step % PROGRESS_EVERY or (self.bar.disable and not self.log):
+            return
+        now = time.perf_counter()
+        if self.log and now - self.logged < PROGRESS_LOG_SECONDS:
+            return
+        loss, acc = loss_sum.item() / seen, hits.item() / seen
+        speed = seen * self.world_size / max(now - self.start, 1e-9)
+        if self.log:
+            self.logged = now
+            logger.info(
+                f"epoch {self.epoch}: batch {self.step}/{self.batches}  train_loss {loss:.4f}"
+                f"  train_acc {acc:.3f}  {speed:.0f} img/s"
+            )
+        else:
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{speed:.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class Trainer:
     """Fits `model` and, when `run_dir` is set, writes `last.pt`, `best.pt`, `history.json` and
-    `history.png` there after every epoch (rank 0 only).
+    `history.png` there after every epoch (only the `writer` process reports progress and
+    writes).
+
+    With `seed`, each epoch's random draws in the training process (dropout) come from
+    (seed, epoch, rank), so a resumed run continues exactly whichever process saved it.
 
     `checkpoint_extra` is stored in every checkpoint (the run's metadata and configuration);
     `run_files` (name -> JSON-able object) are written beside the checkpoints with them, so a
-    run that fails before its first epoch leaves nothing behind.
+    run that fails before its first epoch leaves nothing behind; one that fails while saving
+    its first epoch removes what that save wrote.
     """
 
     model: nn.Module
@@ -105,8 +161,10 @@ class Trainer:
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
     run_files: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
+    writer: bool = True
     rank: int = 0
     world_size: int = 1
+    seed: int | None = None
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -118,6 +176,7 @@ class Trainer:
         self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=self.memory_format)
         self.net = self.model
+        self._saved = False  # whether this Trainer has saved an epoch yet
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -139,16 +198,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         hits = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
-        bar = tqdm(
-            self.train_loader,
-            desc=f"epoch {self.epoch + 1}",
-            file=sys.stderr,
-            leave=False,
-            disable=self.quiet or self.rank != 0 or not sys.stderr.isatty(),
-            unit="batch",
+        progress = Progress(
+            self.epoch + 1, len(self.train_loader), not self.quiet and self.writer, self.world_size
         )
         start = time.perf_counter()
-        for step, batch in enumerate(bar):
+        for batch in self.train_loader:
             x, y = self._batch(batch)
             with self._autocast():
                 logits = self.net(x)
@@ -165,13 +219,8 @@ class Trainer:
             loss_sum += loss.detach().float() * len(y)
             hits += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-            if not bar.disable and step % PROGRESS_EVERY == 0:
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.4f}",
-                    acc=f"{hits.item() / seen:.3f}",
-                    img_s=f"{seen * self.world_size / max(elapsed, 1e-9):.0f}",
-                )
+            progress.update(loss_sum, hits, seen)
+        progress.close()
         totals = self._all_reduce(loss_sum, hits.float(), seen)
         elapsed = time.perf_counter() - start
         return {
@@ -216,6 +265,8 @@ class Trainer:
         """Train until `epochs` epochs are done in all (counting resumed ones) or early stopping
         says stop. A Ctrl-C loses only the epoch in progress: `last.pt` holds the one before."""
         while self.epoch < epochs and not self.early_stopping.should_stop:
+            if self.seed is not None:
+                torch.manual_seed(derived_seed(self.seed, self.epoch, self.rank, EPOCH_STREAM))
             metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             metrics |= self.train_epoch()
             metrics |= self.evaluate()
@@ -228,9 +279,11 @@ class Trainer:
             self.epoch += 1
             improved = self.early_stopping.update(metrics, self.epoch)
             self.history.append(metrics)
-            if self.rank == 0:
+            if self.writer:
                 self._report(metrics, improved)
                 self._save(improved)
+        if self.early_stopping.should_stop and self.writer and not self.quiet:
+            logger.info(self.early_stopping.reason(self.epoch, epochs))
         return self.history
 
     def _step_epoch_schedule(self, metrics: dict[str, float]) -> None:
@@ -245,7 +298,8 @@ class Trainer:
         if self.quiet:
             return
         logger.info(
-            f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}"
+            f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}"
+            f"  train_acc {m['train_accuracy']:.4f}  val_loss {m['val_loss']:.4f}"
             f"  val_acc {m['val_accuracy']:.4f}  lr {m['lr']:.2e}"
             f"  {m['images_per_second']:.0f} img/s{'  *best' if improved else ''}"
         )
@@ -285,8 +339,51 @@ class Trainer:
         random.setstate(_as_random_state(rng["python"]))
 
     def _save(self, improved: bool) -> None:
+        """Write this epoch's checkpoints and files. A failure (a full disk) is one DlkitError;
+        when it is the run's first save, what that save wrote is removed again."""
         if self.run_dir is None:
             return
+        names = {*RUN_FILES, *self.run_files}
+        before = None if self._saved else {n for n in names if (self.run_dir / n).exists()}
+        created = not self.run_dir.exists()
+        try:
+            self._write_run_files(improved)
+        except (OSError, RuntimeError, DlkitError) as exc:
+            reason = self._failure_reason(exc)
+            last = self.run_dir / "last.pt"
+            if before is None:
+                raise DlkitError(
+                    f"could not save epoch {self.epoch} in {self.run_dir}: {reason}. {last} holds "
+                    f"the last epoch saved: continue with `dlkit train --resume {last}` once the "
+                    "folder can be written"
+                ) from exc
+            for name in names - before:
+                (self.run_dir / name).unlink(missing_ok=True)
+            if created and self.run_dir.exists() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise DlkitError(
+                f"could not save the first epoch in {self.run_dir}: {reason}; nothing was kept"
+            ) from exc
+        self._saved = True
+
+    def _failure_reason(self, exc: BaseException) -> str:
+        """Why a save failed, in words: torch reports a full disk as "unexpected pos ...", so
+        the free space is compared with what a checkpoint needs."""
+        folder = self.run_dir
+        while not folder.exists():
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        needed = _tensor_bytes([self.model.state_dict(), self.optimizer.state_dict()])
+        if free < needed:
+            return (
+                f"the disk is full ({free / 1e6:.1f} MB free, a checkpoint needs "
+                f"{needed / 1e6:.1f} MB)"
+            )
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+        return str(exc)
+
+    def _write_run_files(self, improved: bool) -> None:
         state = self.state_dict() | self.checkpoint_extra
         state["best_metric"] = self.early_stopping.best
         save_checkpoint(state, self.run_dir / "last.pt")
@@ -296,6 +393,17 @@ class Trainer:
             write_json(self.run_dir / name, content)
         write_json(self.run_dir / "history.json", self.history)
         plot_history(self.history, self.run_dir / "history.png")
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _as_random_state(state) -> tuple:
