@@ -136,6 +136,7 @@ def test_formats_are_recognised_by_content(artifacts, tmp_path):
         (lambda d: d.pop("classes"), "missing 'classes'"),
         (lambda d: d.update(classes=["a"]), "at least two classes"),
         (lambda d: d.update(classes=["a", "b\nc"]), "control characters"),
+        (lambda d: d.update(classes=["a", "b\u2028c"]), "control characters"),
         (lambda d: d["preprocessing"].update(std=[0, 1, 1]), "std positive"),
         (lambda d: d["preprocessing"].update(image_size=10**6), "image size"),
         (lambda d: d.update(format="pickle"), "malformed"),

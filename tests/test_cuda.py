@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from toolkit.artifacts.checkpoint import EagerRunner
 from toolkit.bench.environment import PeakMemory
-from toolkit.data import create_loader
+from toolkit.training.loaders import create_loader
 from toolkit.training.models import create_model
 from toolkit.training.optim import create_optimizer
 from toolkit.training.trainer import Trainer

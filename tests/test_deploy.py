@@ -157,3 +157,31 @@ def test_deploy_tries_only_the_variants_asked_for(tiny_run, tmp_path):
         "onnx-fp32",
         "onnx-int8-static",
     ]
+
+
+def test_a_run_folder_from_an_older_dlkit_is_still_reused(tmp_path):
+    import json
+
+    from toolkit.deploy.pipeline import _same_training
+    from toolkit.training.config import TrainConfig
+
+    config = TrainConfig(quiet=True, out=str(tmp_path / "train")).resolved()
+    stored = config.to_dict()
+    for newer in ("threads", "workers", "class_weights", "focal_alpha"):
+        stored.pop(newer, None)  # what an older dlkit wrote
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(stored))
+    assert _same_training(saved, config)
+    saved.write_text(json.dumps(stored | {"epochs": 3}))
+    assert not _same_training(saved, config)
+    saved.write_text("{not json")
+    assert not _same_training(saved, config)
+
+
+def test_the_report_warns_when_the_model_learnt_nothing(tmp_path):
+    from toolkit.deploy.report import DeployReport, format_markdown
+
+    report = DeployReport(config={}, run_dir=str(tmp_path), training={"learned": False})
+    assert "does no better than chance" in format_markdown(report)
+    report.training = {"reused": False}
+    assert "chance" not in format_markdown(report)

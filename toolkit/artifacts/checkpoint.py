@@ -46,7 +46,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     state = {"format": CHECKPOINT_FORMAT, "versions": library_versions(), **state}
     with atomic_path(path) as tmp:
         try:
-            torch.save(state, tmp)
+            # A file object we close ourselves: given a path, torch keeps a failed file open
+            # (and its disk space held) until the process exits.
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
         except (OSError, RuntimeError) as exc:
             raise DlkitError(f"could not write {path}: {_reason(exc)}") from exc
 

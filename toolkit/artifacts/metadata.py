@@ -110,7 +110,10 @@ def check_class_names(classes: tuple[str, ...] | list[str]) -> None:
     for name in classes:
         if not isinstance(name, str) or not name.strip():
             raise DlkitError(f"class names must be non-empty text, got {name!r}")
-        if len(name) > MAX_CLASS_NAME or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        # splitlines() also breaks at \x85, \u2028, \u2029: anything that would make
+        # labels.txt one line longer counts as a control character here.
+        control = any(ord(ch) < 32 or ord(ch) == 127 for ch in name) or len(name.splitlines()) != 1
+        if len(name) > MAX_CLASS_NAME or control:
             raise DlkitError(
                 f"class name {name[:40]!r} has control characters or is longer than "
                 f"{MAX_CLASS_NAME} characters; rename that class folder"

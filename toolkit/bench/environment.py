@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__
+from toolkit.devices import cpu_info, usable_cores
 
 # /proc/cpuinfo flag -> the name people know it by.
 INSTRUCTION_SETS = {
@@ -33,13 +34,6 @@ INSTRUCTION_SETS = {
 }
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def default_threads() -> int:
     """The thread budget benchmarks use unless told: half the usable cores (at least one).
     On a shared machine, runtimes that each take every core fight other work and each other,
@@ -51,8 +45,6 @@ def describe_environment(device: str, threads: int | None = None) -> dict[str, A
     """CPU, GPU and software versions, as one JSON-able dict."""
     import numpy
     import torch
-
-    from toolkit.devices import cpu_info
 
     model, flags = cpu_info()
     return {

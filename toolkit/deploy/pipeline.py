@@ -123,8 +123,10 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
             raise DlkitError(f"{checkpoint} is not a dlkit checkpoint; deploy starts from one")
     else:
         with timer("train"):
-            checkpoint, reused = _train(config, run_dir)
-        report.training = {"checkpoint": str(checkpoint), "reused": reused}
+            checkpoint, learned = _train(config, run_dir)
+        report.training = {"checkpoint": str(checkpoint), "reused": learned is None}
+        if learned is False:
+            report.training["learned"] = False
     report.checkpoint = str(checkpoint)
     folder = run_dir / "artifacts"
     manifest = stages.Manifest(folder / "verified.json", sha256_file(checkpoint))
@@ -196,8 +198,9 @@ def _candidates(config: DeployConfig) -> list[str]:
     return list(dict.fromkeys(["onnx-fp32", *names]))
 
 
-def _train(config: DeployConfig, run_dir: Path) -> tuple[Path, bool]:
-    """Train on the given data (default: the embedded digits), or reuse an identical run."""
+def _train(config: DeployConfig, run_dir: Path) -> tuple[Path, bool | None]:
+    """Train on the given data (default: the embedded digits), or reuse an identical run.
+    Returns the best checkpoint and whether the model learnt anything (None when reused)."""
     options: dict[str, Any] = {"quiet": True, "out": str(run_dir / "train")}
     if config.model:
         options["model"] = config.model
@@ -211,12 +214,31 @@ def _train(config: DeployConfig, run_dir: Path) -> tuple[Path, bool]:
         options["epochs"] = config.epochs
     train_config = TrainConfig(**options).resolved()
     folder = run_dir / "train"
-    saved = folder / "config.json"
-    if (folder / "best.pt").exists() and saved.exists():
-        if json.loads(saved.read_text()) == train_config.to_dict():
-            return folder / "best.pt", True
+    if (folder / "best.pt").exists() and (folder / "config.json").exists():
+        if _same_training(folder / "config.json", train_config):
+            return folder / "best.pt", None
         raise DlkitError(f"{folder} holds a training run with other settings; choose another --out")
-    return Path(train(train_config).best_checkpoint), False
+    summary = train(train_config)
+    if not summary.learned:
+        logger.warning(
+            "warning: the trained model does no better than chance on its validation split; "
+            "deploying it anyway, but check the data and the training settings"
+        )
+    return Path(summary.best_checkpoint), summary.learned
+
+
+# Settings that change how a run is carried out, not what it learns.
+RUN_ONLY = {"out", "quiet", "threads", "workers", "pin_memory"}
+
+
+def _same_training(saved: Path, config: TrainConfig) -> bool:
+    """Whether the run folder's stored config trains the same model as `config` (settings an
+    older dlkit did not store count as their defaults)."""
+    try:
+        stored = TrainConfig.from_dict(json.loads(saved.read_text())).resolved().to_dict()
+    except (OSError, ValueError, TypeError, DlkitError):
+        return False
+    return all(stored.get(k) == v for k, v in config.to_dict().items() if k not in RUN_ONLY)
 
 
 def _speedup(selected: VariantReport, baseline: VariantReport, objective: str) -> float | None:

@@ -122,6 +122,12 @@ def _headline(report: DeployReport) -> list[str]:
 
 def format_markdown(report: DeployReport) -> str:
     lines = ["# dlkit deploy report", ""]
+    if (report.training or {}).get("learned") is False:
+        lines += [
+            "**Warning:** the trained model does no better than chance on its validation "
+            "split; the variants below agree with it, so they pass their gates anyway.",
+            "",
+        ]
     if report.failed_stage:
         lines += [f"**Failed at stage `{report.failed_stage}`:** {report.error}", ""]
     lines += _headline(report)
