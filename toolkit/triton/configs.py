@@ -59,12 +59,14 @@ class ServingOptions:
     instances: int = 1
     kind: InstanceKind = InstanceKind.AUTO
     threads: int = 0
+    inter_op_threads: int = 1
 
     def __post_init__(self) -> None:
         InstanceKind.parse(self.kind, "instance kind")
         checks = [
             ("--instances", self.instances, 1, MAX_INSTANCES),
             ("--threads", self.threads, 0, MAX_THREADS),
+            ("inter-op threads", self.inter_op_threads, 0, MAX_THREADS),
             ("--max-queue-delay-us", self.max_queue_delay_us, 0, MAX_QUEUE_DELAY_US),
         ]
         if self.max_batch_size is not None:
@@ -85,6 +87,7 @@ class ServingOptions:
             "instances": self.instances,
             "kind": str(self.kind),
             "threads": self.threads,
+            "inter_op_threads": self.inter_op_threads,
         }
 
 
@@ -196,7 +199,10 @@ def classifier_config(
     """The classifier's config: native ONNX Runtime / LibTorch, or the python backend."""
     tin, tout = tensors
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
-    threads = {"intra_op_thread_count": options.threads, "inter_op_thread_count": 1}
+    threads = {
+        "intra_op_thread_count": options.threads,
+        "inter_op_thread_count": options.inter_op_threads,
+    }
     if backend == Backend.PYTHON:
         config.backend = "python"
         files = {"artifact_format": fmt, "artifact_file": MODEL_FILES[fmt]}
@@ -211,7 +217,7 @@ def classifier_config(
             {
                 "INFERENCE_MODE": "true",
                 "INTRA_OP_THREAD_COUNT": options.threads,
-                "INTER_OP_THREAD_COUNT": 1,
+                "INTER_OP_THREAD_COUNT": options.inter_op_threads,
             },
         )
     if backend == Backend.NATIVE:
@@ -233,7 +239,14 @@ def classifier_config(
 
 
 def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelConfig:
-    """Set instances, dynamic batching and threads of `config` (in place) from `options`."""
+    """Set instances, dynamic batching and threads of `config` (in place) from `options`.
+
+    `options.max_batch_size`, when set, replaces the config's (a batching model's only).
+    """
+    if options.max_batch_size is not None and config.max_batch_size > 0:
+        if options.max_batch_size < 1:
+            raise DlkitError(f"{config.name} batches; its max_batch_size must be at least 1")
+        config.max_batch_size = options.max_batch_size
     del config.instance_group[:]
     config.instance_group.add(count=options.instances, kind=KINDS[InstanceKind(options.kind)])
     config.ClearField("dynamic_batching")
@@ -242,10 +255,42 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
         batching.max_queue_delay_microseconds = options.max_queue_delay_us
         sizes = [b for b in options.preferred_batch_sizes if b <= config.max_batch_size]
         batching.preferred_batch_size.extend(sizes)
-    for key in ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT"):
+    values = {"intra_op_thread_count": options.threads, "INTRA_OP_THREAD_COUNT": options.threads}
+    values |= {
+        "inter_op_thread_count": options.inter_op_threads,
+        "INTER_OP_THREAD_COUNT": options.inter_op_threads,
+    }
+    for key, value in values.items():
         if key in config.parameters:
-            config.parameters[key].string_value = str(options.threads)
+            config.parameters[key].string_value = str(value)
     return config
+
+
+def serving_options(config: mc.ModelConfig) -> ServingOptions:
+    """The `ServingOptions` a config holds (the inverse of `apply_serving`)."""
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    intra = params.get("intra_op_thread_count", params.get("INTRA_OP_THREAD_COUNT", "0"))
+    inter = params.get("inter_op_thread_count", params.get("INTER_OP_THREAD_COUNT", "1"))
+    group = config.instance_group[0] if config.instance_group else None
+    kinds = {code: kind for kind, code in KINDS.items()}
+    batching = config.HasField("dynamic_batching")
+    try:
+        return ServingOptions(
+            max_batch_size=config.max_batch_size,
+            dynamic_batching=batching,
+            max_queue_delay_us=(
+                config.dynamic_batching.max_queue_delay_microseconds
+                if batching
+                else DEFAULT_QUEUE_DELAY_US
+            ),
+            preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+            instances=group.count if group and group.count else 1,
+            kind=kinds.get(group.kind, InstanceKind.AUTO) if group else InstanceKind.AUTO,
+            threads=int(intra),
+            inter_op_threads=int(inter),
+        )
+    except ValueError as exc:
+        raise DlkitError(f"model {config.name}: bad thread count in its config ({exc})") from None
 
 
 def preprocess_config(
