@@ -5,6 +5,7 @@ budgets and windows)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -344,3 +345,25 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(dlkit, digits_onnx, 
     assert "the best p99 seen was" in result.output and "nothing was written" in result.output
     assert snapshot_tree(repo) == before and not (tmp_path / "report").exists()
 
+
+@pytestmark_linux
+@pytest.mark.slow
+def test_deploy_tune_reports_served_figures_beside_in_process_ones(digits_checkpoint, tmp_path):
+    from toolkit.deploy import DeployConfig, deploy
+
+    config = DeployConfig(
+        checkpoint=str(digits_checkpoint), out=str(tmp_path / "run"), repo=str(tmp_path / "repo"),
+        smoke_test=False, batch_sizes=(1, 4), bench_seconds=0.05, tune=True, tune_minutes=0.2,
+        tune_concurrency=(1, 2), tune_window_seconds=0.2,
+    )  # fmt: skip
+    report = deploy(config)
+    served = report.served
+    assert [row["concurrency"] for row in served["levels"]] == [1, 2]
+    for row in served["levels"]:
+        assert row["default"]["throughput"] > 0 and row["tuned"]["throughput"] > 0
+    assert "tune" in report.stage_seconds
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "## Served on Triton (`dlkit tune`)" in text and "In process, the same artifact" in text
+    assert (tmp_path / "run" / "tune" / "tune.md").is_file()
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["served"]["levels"] == served["levels"]
