@@ -58,7 +58,7 @@ from toolkit.commands.output import (
     default=1.0,
     show_default=True,
     callback=finite(0, above=True),
-    help="Length of one measurement window; a level takes windows until 3 agree (at most 8).",
+    help="Length of one measurement window; a level takes windows until 3 agree (at most 5).",
 )
 @click.option(
     "--shared-memory",

@@ -189,47 +189,67 @@ def format_markdown(report: TuneReport) -> str:
 
 
 def plot_tuning(report: TuneReport, path: str | os.PathLike) -> None:
-    """Throughput against p99 at the top level, every trial, the Pareto front joined; and
-    p50/p99 against concurrency for the default and the chosen."""
+    """Throughput against p99 at the top level for every trial, and p50/p99 against
+    concurrency for the default and the chosen."""
     plt = pyplot()
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
-    top = report.top
-    for trial in report.trials:
-        level = trial.level(top)
-        if trial.ok and level:
-            ax_t.scatter(level.p99_ms, level.throughput, color="tab:blue", s=25, zorder=3)
-            ax_t.annotate(str(trial.index), (level.p99_ms, level.throughput), fontsize=7)
-    front = [t.level(top) for t in pareto_front(report.trials, top)]
-    ax_t.plot([lv.p99_ms for lv in front], [lv.throughput for lv in front], color="tab:orange",
-              label="Pareto front", zorder=2)  # fmt: skip
-    for trial, marker, label in (
-        (report.baseline, "s", "default"),
-        (report.selected, "*", "chosen"),
-    ):
-        level = trial.level(top)
-        if level:
-            ax_t.scatter(
-                level.p99_ms, level.throughput, marker=marker, s=150, label=label, zorder=4
-            )
-    ax_t.set(xlabel=f"p99 latency at concurrency {top} (ms)", ylabel="images / s",
-             title=f"Every trial at concurrency {top}")  # fmt: skip
-    for trial, color, label in (
-        (report.baseline, "tab:gray", "default"),
-        (report.selected, "tab:red", "chosen"),
-    ):
+    shown = (
+        (report.baseline, "s", "tab:gray", "default"),
+        (report.selected, "*", "tab:red", "chosen"),
+    )
+    _plot_trials(ax_t, report, shown, plt.get_cmap("viridis"))
+    for trial, _, colour, label in shown:
         x = [lv.concurrency for lv in trial.levels]
-        ax_l.plot(
-            x, [lv.p50_ms for lv in trial.levels], marker="o", color=color, label=f"{label} p50"
-        )
-        ax_l.plot(x, [lv.p99_ms for lv in trial.levels], marker="^", linestyle="--", color=color,
-                  label=f"{label} p99")  # fmt: skip
+        p50, p99 = [lv.p50_ms for lv in trial.levels], [lv.p99_ms for lv in trial.levels]
+        ax_l.plot(x, p50, marker="o", color=colour, label=f"{label} p50")
+        ax_l.plot(x, p99, marker="^", linestyle="--", color=colour, label=f"{label} p99")
     ax_l.set_xscale("log", base=2)
+    levels = report.settings["concurrency"]
+    ax_l.set_xticks(levels, [str(c) for c in levels])
     ax_l.set(xlabel="concurrency", ylabel="latency (ms)", title="Latency against concurrency")
     for ax in (ax_t, ax_l):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _plot_trials(ax, report: TuneReport, shown, colours) -> None:
+    """Every measured trial at the top level, coloured by round (only trials of one round
+    were measured side by side), the Pareto front ringed and joined, default and chosen."""
+    top, rounds = report.top, max(t.round for t in report.trials) or 1
+    for trial in report.trials:
+        if trial.ok and (level := trial.level(top)):
+            colour = colours(trial.round / rounds)
+            ax.scatter(level.p99_ms, level.throughput, color=colour, s=25, zorder=3)
+            ax.annotate(str(trial.index), (level.p99_ms, level.throughput), fontsize=7)
+    front = [t.level(top) for t in pareto_front(report.trials, top)]
+    ax.plot(
+        [lv.p99_ms for lv in front],
+        [lv.throughput for lv in front],
+        color="tab:orange",
+        marker="o",
+        markersize=11,
+        fillstyle="none",
+        label="Pareto front",
+        zorder=2,
+    )
+    for trial, marker, colour, label in shown:
+        if level := trial.level(top):
+            ax.scatter(
+                level.p99_ms,
+                level.throughput,
+                marker=marker,
+                color=colour,
+                s=150,
+                label=f"{label} (trial {trial.index})",
+                zorder=4,
+            )
+    ax.set(
+        xlabel=f"p99 latency at concurrency {top} (ms)",
+        ylabel="images / s",
+        title=f"Every trial at concurrency {top} (colour: round)",
+    )
 
 
 def write_report(report: TuneReport, folder: str | os.PathLike) -> None:

@@ -37,6 +37,10 @@ from toolkit.tune.space import SearchSpace, TrialConfig, cpu_space
 from toolkit.tune.trials import Trial
 from toolkit.tune.verify import verify_endpoint
 
+# Windows per model and level at most: interleaving already makes the comparison fair, so a
+# level that has not settled after five is reported as such (marked) rather than chased.
+MAX_WINDOWS = 5
+
 
 @dataclass
 class TuneConfig:
@@ -135,7 +139,7 @@ def _tuning(config: TuneConfig, candidates: list[Candidate], goal: Goal, device:
     variants = tuple(c.variant for c in candidates)
     space = config.space or cpu_space(variants, usable_cores(), device)
     space = dataclasses.replace(space, variants=variants, batches=first.base.max_batch_size > 0)
-    windows = LoadWindows(window=config.window_seconds)
+    windows = LoadWindows(window=config.window_seconds, max_windows=MAX_WINDOWS)
     settings = MeasureSettings(
         goal.levels, windows, config.load_timeout, shared_memory=config.shared_memory
     )
