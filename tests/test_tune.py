@@ -367,3 +367,36 @@ def test_deploy_tune_reports_served_figures_beside_in_process_ones(digits_checkp
     assert (tmp_path / "run" / "tune" / "tune.md").is_file()
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["served"]["levels"] == served["levels"]
+
+
+@pytestmark_linux
+@pytest.mark.slow
+def test_load_generator_counts_failures_and_timeouts(repo):
+    from toolkit.bench.load import ClosedLoop, measure_level
+    from toolkit.errors import DlkitError
+    from toolkit.triton.client import TritonClient
+    from toolkit.triton.sender import PreparedRequest
+    from toolkit.triton.server import TritonServer
+
+    batch = np.zeros((1, 1, 16, 16), np.float32)
+    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        for url in (server.grpc_url, f"http://{server.http_url}"):  # prepared, and infer()
+            with TritonClient(url, retries=0) as client:
+                level = measure_level(client, "digits", batch, 2, duration=0.5, warmup=0.1)
+            assert level.requests > 0 and level.failures == 0 and level.client_cpu > 0
+        with TritonClient(server.grpc_url) as client:
+            served = client.model("digits")
+        missing = dataclasses.replace(served, name="nope")
+        cases = [
+            (PreparedRequest(server.grpc_url, missing, batch, 5.0), False),  # unknown model
+            (PreparedRequest(server.grpc_url, served, batch, 1e-6), True),  # no time to answer
+        ]
+        for request, times_out in cases:
+            with pytest.raises(DlkitError, match="Triton inference failed"):
+                request()
+            with ClosedLoop(request, request.timeout, 1, 2) as loop:
+                begin = loop.wait_until(loop.start)
+                level = loop.level(begin, loop.wait_until(begin + 0.3), begin)
+            request.close()
+            assert level.requests == 0 and level.failures > 0
+            assert (level.timeouts == level.failures) == times_out

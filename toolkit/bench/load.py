@@ -10,11 +10,12 @@ takes from the machine.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,8 +24,12 @@ from PIL import Image
 from tritonclient.utils import triton_to_np_dtype
 
 from toolkit.bench.harness import LATENCY_KEYS, latency_stats, relative_spread
+from toolkit.choices import Protocol
 from toolkit.errors import DlkitError
 from toolkit.triton.client import ServedModel, TritonClient
+from toolkit.triton.sender import PreparedRequest
+
+Send = Callable[[], object]
 
 
 @dataclass
@@ -105,9 +110,32 @@ def measure_level(
 ) -> ServingLevel:
     """One closed-loop level: `concurrency` threads for `warmup + duration` seconds; the
     requests that end within the `duration` count, and every failure does."""
-    with ClosedLoop(client, model, batch, concurrency) as loop:
+    with request_sender(client, model, batch) as send:
+        return _level(send, client.timeout, len(batch), concurrency, duration, warmup)
+
+
+def _level(send: Send, timeout: float, batch_size: int, concurrency: int, duration, warmup):
+    with ClosedLoop(send, timeout, batch_size, concurrency) as loop:
         begin = loop.wait_until(loop.start + warmup)
         return loop.level(begin, loop.wait_until(begin + duration), loop.start)
+
+
+@contextlib.contextmanager
+def request_sender(client: TritonClient, model: str, batch: np.ndarray) -> Iterator[Send]:
+    """How the load generator sends `batch` to `model`: for one gRPC server without shared
+    memory, a request encoded once (`PreparedRequest`: the load generator's own CPU is taken
+    from the server it measures); else `client.infer` each time (its failover over several
+    servers, its shared-memory regions)."""
+    endpoints = client.endpoints
+    if len(endpoints) == 1 and endpoints[0].protocol == Protocol.GRPC and not client.shared_memory:
+        served = client.check(model, batch)
+        prepared = PreparedRequest(endpoints[0].address, served, batch, client.timeout)
+        try:
+            yield prepared
+        finally:
+            prepared.close()
+    else:
+        yield lambda: client.infer(model, batch)
 
 
 @dataclass(frozen=True)
@@ -148,29 +176,32 @@ def measure_interleaved_levels(
     own windows agree (see `LoadWindows`). A model's figures come from its windows compared
     last; its failures from all of them. `probe()` (say, the server's CPU seconds so far) is
     read around each window and reported per second of window as `server_cpu`."""
-    warm_failures = {m: _warm_up(client, m, batch, concurrency, windows.warmup) for m in models}
-    taken: dict[str, list[ServingLevel]] = {m: [] for m in models}
-    busy: dict[str, list[float]] = {m: [] for m in models}
-    pending = list(models)
-    while pending:
-        for model in pending:
-            before, start = probe() if probe else None, time.perf_counter()
-            level = measure_level(
-                client, model, batch, concurrency, windows.window, windows.window / 10
-            )
-            after = probe() if probe else None
-            taken[model].append(level)
-            if before is not None and after is not None:
-                busy[model].append((after - before) / (time.perf_counter() - start))
-        pending = [m for m in pending if not _settled(taken[m], windows)]
-    return {m: _combine(taken[m], busy[m], windows, warm_failures[m]) for m in models}
+    with contextlib.ExitStack() as stack:
+        senders = {m: stack.enter_context(request_sender(client, m, batch)) for m in models}
+        warm = {
+            m: _warm_up(senders[m], client.timeout, concurrency, windows.warmup) for m in models
+        }
+        taken: dict[str, list[ServingLevel]] = {m: [] for m in models}
+        busy: dict[str, list[float]] = {m: [] for m in models}
+        pending = list(models)
+        while pending:
+            for model in pending:
+                before, start = probe() if probe else None, time.perf_counter()
+                level = _level(
+                    senders[model], client.timeout, len(batch), concurrency, windows.window,
+                    windows.window / 10,
+                )  # fmt: skip
+                after = probe() if probe else None
+                taken[model].append(level)
+                if before is not None and after is not None:
+                    busy[model].append((after - before) / (time.perf_counter() - start))
+            pending = [m for m in pending if not _settled(taken[m], windows)]
+    return {m: _combine(taken[m], busy[m], windows, warm[m]) for m in models}
 
 
-def _warm_up(
-    client: TritonClient, model: str, batch: np.ndarray, concurrency: int, seconds: float
-) -> list[bool]:
+def _warm_up(send: Send, timeout: float, concurrency: int, seconds: float) -> list[bool]:
     """Load not measured; its failures (True for a timeout) still count."""
-    with ClosedLoop(client, model, batch, concurrency) as loop:
+    with ClosedLoop(send, timeout, 1, concurrency) as loop:
         loop.wait_until(loop.start + seconds)
     return [late for failed in loop.failed for _, late in failed]
 
@@ -208,14 +239,14 @@ def _combine(
 
 
 class ClosedLoop:
-    """`concurrency` threads sending `batch` back to back until the block ends; each records
+    """`concurrency` threads calling `send` back to back until the block ends; each records
     when its requests ended and how long they took, and its failures (a failure that took the
-    client's whole timeout counts as a timeout)."""
+    whole `timeout` counts as a timeout). Requests carry `batch_size` images."""
 
-    def __init__(self, client: TritonClient, model: str, batch: np.ndarray, concurrency: int):
+    def __init__(self, send: Send, timeout: float, batch_size: int, concurrency: int):
         if concurrency < 1:
             raise DlkitError(f"concurrency must be at least 1, got {concurrency}")
-        self.client, self.model, self.batch = client, model, batch
+        self.send, self.timeout, self.batch_size = send, timeout, batch_size
         self.done: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
         self.failed: list[list[tuple[float, bool]]] = [[] for _ in range(concurrency)]
         self.cpu: dict[float, float] = {}
@@ -225,11 +256,11 @@ class ClosedLoop:
         ]
 
     def _worker(self, i: int) -> None:
-        done, failed, timeout = self.done[i], self.failed[i], self.client.timeout
+        done, failed, timeout = self.done[i], self.failed[i], self.timeout
         while not self.stop.is_set():
             start = time.perf_counter()
             try:
-                self.client.infer(self.model, self.batch)
+                self.send()
             except DlkitError:
                 now = time.perf_counter()
                 failed.append((now, now - start >= timeout))
@@ -264,10 +295,10 @@ class ClosedLoop:
         ]
         return ServingLevel(
             concurrency=len(self.threads),
-            batch_size=len(self.batch),
+            batch_size=self.batch_size,
             requests=len(timings),
             failures=len(failures),
-            throughput=len(timings) * len(self.batch) / (end - begin),
+            throughput=len(timings) * self.batch_size / (end - begin),
             latency_ms=latency_stats(timings) if timings else dict.fromkeys(LATENCY_KEYS, math.nan),
             seconds=end - begin,
             timeouts=sum(failures),
