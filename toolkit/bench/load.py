@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -175,35 +176,47 @@ def measure_interleaved_levels(
     (A, B, C, A, B, ...) so that other load on the machine hits them alike, each until its
     own windows agree (see `LoadWindows`). A model's figures come from its windows compared
     last; its failures from all of them. `probe()` (say, the server's CPU seconds so far) is
-    read around each window and reported per second of window as `server_cpu`."""
+    read around each window and reported per second of window as `server_cpu`.
+
+    A window restarts the load, so each settles for at least one typical request (from the
+    warm-up) and lasts at least four: a slow config at high concurrency (a second a request)
+    gets windows long enough to count whole requests."""
     with contextlib.ExitStack() as stack:
         senders = {m: stack.enter_context(request_sender(client, m, batch)) for m in models}
-        warm = {
-            m: _warm_up(senders[m], client.timeout, concurrency, windows.warmup) for m in models
-        }
+        warm = {m: _warm_up(senders[m], client.timeout, concurrency, windows) for m in models}
         taken: dict[str, list[ServingLevel]] = {m: [] for m in models}
         busy: dict[str, list[float]] = {m: [] for m in models}
         pending = list(models)
         while pending:
             for model in pending:
+                typical = warm[model][1]
+                length, settle = max(windows.window, 4 * typical), max(windows.window / 10, typical)
                 before, start = probe() if probe else None, time.perf_counter()
                 level = _level(
-                    senders[model], client.timeout, len(batch), concurrency, windows.window,
-                    windows.window / 10,
-                )  # fmt: skip
+                    senders[model], client.timeout, len(batch), concurrency, length, settle
+                )
                 after = probe() if probe else None
                 taken[model].append(level)
                 if before is not None and after is not None:
                     busy[model].append((after - before) / (time.perf_counter() - start))
             pending = [m for m in pending if not _settled(taken[m], windows)]
-    return {m: _combine(taken[m], busy[m], windows, warm[m]) for m in models}
+    return {m: _combine(taken[m], busy[m], windows, warm[m][0]) for m in models}
 
 
-def _warm_up(send: Send, timeout: float, concurrency: int, seconds: float) -> list[bool]:
-    """Load not measured; its failures (True for a timeout) still count."""
+def _warm_up(
+    send: Send, timeout: float, concurrency: int, windows: LoadWindows
+) -> tuple[list[bool], float]:
+    """Load not measured, for `windows.warmup` seconds and until every thread has had two
+    answers (or the request timeout has passed): its failures (True for a timeout), which
+    still count, and the median time a request took."""
     with ClosedLoop(send, timeout, 1, concurrency) as loop:
-        loop.wait_until(loop.start + seconds)
-    return [late for failed in loop.failed for _, late in failed]
+        moment = loop.wait_until(loop.start + windows.warmup)
+        while sum(map(len, loop.done)) < 2 * concurrency and moment < loop.start + timeout:
+            moment = loop.wait_until(moment + windows.warmup)
+    took = [d for done in loop.done for _, d in done]
+    return [late for failed in loop.failed for _, late in failed], (
+        statistics.median(took) if took else timeout
+    )
 
 
 def _settled(levels: list[ServingLevel], windows: LoadWindows) -> bool:

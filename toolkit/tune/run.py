@@ -21,10 +21,12 @@ from pathlib import Path
 from toolkit.bench.environment import usable_cores
 from toolkit.bench.load import LoadWindows, synthetic_batch
 from toolkit.choices import Device, Objective
+from toolkit.devices import cuda_available
 from toolkit.errors import DlkitError
 from toolkit.log import logger
 from toolkit.triton.client import TritonClient
 from toolkit.triton.configs import serving_options
+from toolkit.triton.repository import check_name
 from toolkit.triton.server import find_tritonserver
 from toolkit.tune import inputs
 from toolkit.tune.breakdown import Breakdown, request_breakdown
@@ -97,10 +99,13 @@ def tune(config: TuneConfig) -> TuneReport:
     device = Device.parse(config.device, "device")
     if device not in Device.targets():
         raise DlkitError("tune serves on --device cpu or cuda")
+    if device == Device.CUDA and not cuda_available():
+        raise DlkitError("--device cuda was asked for but there is no CUDA GPU here; use cpu")
     if not config.budget_minutes > 0:
         raise DlkitError("--budget-minutes must be above 0")
     candidates, name = _candidates(config)
     binary = find_tritonserver()
+    writing = False
     with tempfile.TemporaryDirectory(prefix="dlkit-tune-") as tmp, _sigterm_interrupts():
         try:
             scratch = Path(tmp) / "repo"
@@ -113,11 +118,16 @@ def tune(config: TuneConfig) -> TuneReport:
             finally:
                 server.stop()
             if not config.dry_run:
+                writing = True
                 report.written = _write(config, tuning, report, name)
         except KeyboardInterrupt:
+            where = (
+                f"while writing into {config.repo}: check its newest version of {name}"
+                if writing
+                else f"and {config.repo} was left as it was"
+            )
             raise DlkitError(
-                f"tune was interrupted; the tuning server was stopped and {config.repo} was "
-                "left as it was"
+                f"tune was interrupted; the tuning server was stopped {where}"
             ) from None
     report.seconds = round(time.perf_counter() - began, 1)
     if config.report:
@@ -128,7 +138,9 @@ def tune(config: TuneConfig) -> TuneReport:
 def _candidates(config: TuneConfig) -> tuple[list[Candidate], str]:
     if config.artifacts:
         candidates = inputs.from_artifacts(config.artifacts)
-        return candidates, config.name or inputs.model_name(config.artifacts, candidates)
+        name = config.name or inputs.model_name(config.artifacts, candidates)
+        check_name(name)  # now, not after the search
+        return candidates, name
     if not config.name:
         raise DlkitError("give the ARTIFACT(s) to tune, or --repo DIR --name MODEL")
     return [inputs.from_repository(config.repo, config.name)], config.name
@@ -150,9 +162,10 @@ def _tuning(config: TuneConfig, candidates: list[Candidate], goal: Goal, device:
 def _search_and_check(config: TuneConfig, tuning: Tuning, server: TuningServer) -> TuneReport:
     deadline = time.perf_counter() + config.budget_minutes * 60
     best, stopped = _search(tuning, server, deadline)
-    search_trials = list(tuning.trials)
+    if not tuning.trials:  # a space with nothing to vary: the default alone
+        tuning.run_round(server, [tuning.start], "default")
     if best == tuning.start:
-        default = chosen = _latest(search_trials, best)
+        default = chosen = _latest(tuning.trials, best)
         selected = default if judge(default, tuning.goal).feasible else None
     else:
         default, chosen = tuning.run_round(server, [tuning.start, best], "confirm")
