@@ -336,6 +336,11 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(dlkit, digits_onnx, 
     result = dlkit("tune", "--repo", tmp_path / "none", "--name", "digits", expect=1)
     assert "Error: no model repository at" in result.output
     assert "give the ARTIFACT" in dlkit("tune", "--repo", repo, expect=1).output
+    from toolkit.triton.repository import package_artifact
+
+    package_artifact(digits_onnx, repo, "native")  # for the NGC image's onnxruntime backend
+    result = dlkit("tune", "--repo", repo, "--name", "native", expect=1)
+    assert "this tritonserver has no onnxruntime backend to serve native" in result.output
     before = snapshot_tree(repo)
     result = dlkit(
         "tune", "--repo", repo, "--name", "digits", "--p99-ms", "0.001", "--budget-minutes",

@@ -28,7 +28,7 @@ from toolkit.triton.repository import (
     existing_versions,
     package_artifact,
 )
-from toolkit.triton.server import ServerBinary
+from toolkit.triton.server import PLATFORM_BACKENDS, ServerBinary
 
 NATIVE_BACKENDS = {Format.ONNX: "onnxruntime", Format.TORCHSCRIPT: "pytorch"}
 
@@ -121,6 +121,13 @@ def stage(candidates: list[Candidate], scratch: Path, binary: ServerBinary, repo
     for the native backend where this server has it, else the python backend."""
     for i, candidate in enumerate(candidates):
         if candidate.model:  # already in a repository: link its newest version
+            backend = candidate.base.backend or PLATFORM_BACKENDS.get(candidate.base.platform)
+            if backend not in binary.backends():
+                raise DlkitError(
+                    f"this tritonserver has no {backend} backend to serve {candidate.model}; "
+                    "tune it where it is served (the NGC image), or package it with "
+                    "`--backend python`"
+                )
             source = Path(repo) / candidate.model
             target = scratch / candidate.model
             target.mkdir(parents=True)

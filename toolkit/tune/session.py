@@ -53,16 +53,17 @@ class TuningServer:
     def __init__(self, repo: Path, candidates: dict[str, Candidate], binary: ServerBinary):
         self.repo, self.candidates, self.binary = repo, candidates, binary
         self.server: TritonServer | None = None
-        self.loaded: dict[str, TrialConfig | None] = {}  # slot model -> its config
+        self.loaded: dict[str, TrialConfig] = {}  # slot model -> its config
         self.restarts = 0
 
     def start(self, first: TrialConfig) -> None:
         """Start with slot 0 of `first.variant` serving its config as packaged (`first`)."""
         slot = self._slot(first.variant, 0)
+        ports = {"http_port": 0, "grpc_port": 0, "metrics_port": 0}  # any free ones
+        log = self.repo.parent / "tritonserver.log"
         self.server = TritonServer(
-            self.repo, models=[slot], log_file=self.repo.parent / "tritonserver.log",
-            binary=self.binary, http_port=0, grpc_port=0, metrics_port=0,
-        )  # fmt: skip
+            self.repo, models=[slot], log_file=log, binary=self.binary, **ports
+        )
         self.server.start(START_TIMEOUT)
         self.first, self.loaded = first, {slot: first}
 
@@ -113,8 +114,8 @@ class TuningServer:
             if held:
                 chosen[i] = held[0]
         for slot in [s for s in self.loaded if s not in chosen.values()]:
-            with contextlib.suppress(DlkitError):
-                self._control(30).unload_model(slot)
+            with contextlib.suppress(DlkitError), self._control(30) as control:
+                control.unload_model(slot)
             del self.loaded[slot]
         results = []
         for i, config in enumerate(configs):
@@ -129,7 +130,8 @@ class TuningServer:
         """Load `slot` with `config`; "" or why not (restarting a server a load left hung)."""
         begin = time.perf_counter()
         try:
-            self._control(timeout).load_model(slot, config_json(self.triton_config(slot, config)))
+            with self._control(timeout) as control:
+                control.load_model(slot, config_json(self.triton_config(slot, config)))
         except DlkitError as exc:
             self.loaded.pop(slot, None)
             if time.perf_counter() - begin >= timeout * 0.95 and self.alive():
