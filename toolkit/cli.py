@@ -26,6 +26,7 @@ COMMANDS = {
     "bench": "toolkit.commands.bench:bench",
     "package": "toolkit.commands.package:package",
     "serve": "toolkit.commands.serve:serve",
+    "tune": "toolkit.commands.tune:tune",
     "k8s": "toolkit.commands.k8s:k8s",
 }
 

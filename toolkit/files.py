@@ -7,7 +7,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,26 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def link_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a folder as hard links where the file system allows (copies elsewhere)."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)
+
+
+def rehearse(folder: str | os.PathLike, change: Callable[[Path], Any]) -> Any:
+    """Run `change(copy)` on a linked copy of `folder` (empty if it does not exist), so a
+    failure shows before the real one is touched; returns what `change` returned. `change`
+    must replace files (write elsewhere and rename), never edit a linked one in place."""
+    with tempfile.TemporaryDirectory(prefix="dlkit-stage-") as tmp:
+        staging = Path(tmp) / "copy"
+        if Path(folder).exists():
+            link_tree(folder, staging)
+        return change(staging)

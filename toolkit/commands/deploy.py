@@ -59,6 +59,21 @@ from toolkit.commands.output import (
     callback=finite(0, above=True),
     help="Seconds per benchmark window.",
 )
+@click.option(
+    "--tune/--no-tune",
+    default=False,
+    show_default=True,
+    help="After packaging, choose the serving config by measuring the real server under load "
+    "(dlkit tune); a better one becomes a new version.",
+)
+@click.option(
+    "--tune-minutes",
+    type=float,
+    default=2.0,
+    show_default=True,
+    callback=finite(0, above=True),
+    help="Time for the --tune search.",
+)
 @repo_option
 @click.option(
     "--name",
@@ -96,6 +111,8 @@ def deploy(
     batch_sizes,
     threads,
     bench_seconds,
+    tune,
+    tune_minutes,
     repo,
     name,
     smoke_test,
@@ -126,6 +143,8 @@ def deploy(
         batch_sizes=tuple(batch_sizes),
         threads=threads,
         bench_seconds=bench_seconds,
+        tune=tune,
+        tune_minutes=tune_minutes,
         repo=repo,
         name=name,
         smoke_test=smoke_test,
@@ -142,6 +161,7 @@ def deploy(
                 "repository": report.repository,
                 "packaged": report.packaged,
                 "smoke_test": report.smoke_test,
+                "served": report.served,
                 "skipped_stages": report.skipped_stages,
                 "stage_seconds": report.stage_seconds,
             }
@@ -166,6 +186,14 @@ def _print_summary(report) -> None:
             f"packaged {model['variant']} as {model['model']} v{model['version']} "
             f"in {report.repository}"
         )
+    if report.served:
+        for row in report.served["levels"]:
+            d, t = row["default"], row["tuned"]
+            click.echo(
+                f"served at concurrency {row['concurrency']}: {d['throughput']:.0f} -> "
+                f"{t['throughput']:.0f} images/s, p99 {d['p99_ms']:.2f} -> {t['p99_ms']:.2f} ms "
+                "(default -> tuned)"
+            )
     for stage, why in report.skipped_stages.items():
         click.echo(f"skipped {stage}: {why}")
     if report.smoke_test:

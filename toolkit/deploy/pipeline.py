@@ -16,7 +16,7 @@ from toolkit.artifacts import detect_format
 from toolkit.bench.environment import default_threads
 from toolkit.choices import Device, Format, Objective, plain
 from toolkit.deploy import stages
-from toolkit.deploy.report import DeployReport, write_report
+from toolkit.deploy.report import DeployReport, served_summary, write_report
 from toolkit.deploy.selection import VariantReport, select_variant
 from toolkit.devices import resolve_device
 from toolkit.errors import DlkitError
@@ -50,6 +50,10 @@ class DeployConfig:
     variants: tuple[str, ...] | None = None  # the device's candidates by default
     bench_seconds: float = 0.5
     threads: int | None = None
+    tune: bool = False
+    tune_minutes: float = 2.0
+    tune_concurrency: tuple[int, ...] = (1, 4, 16)
+    tune_window_seconds: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
@@ -173,14 +177,42 @@ def _package_and_serve(config, selected, fallback, timer: Stages, report: Deploy
     missing = triton_missing()
     if missing:
         report.skipped_stages |= {"package": missing, "smoke test": missing}
+        if config.tune:
+            report.skipped_stages["tune"] = missing
         logger.warning("skipped packaging and the smoke test: %s", missing)
         return
     with timer("package"):
         report.packaged = package_stage(config, selected, fallback, report)
     report.repository = str(Path(config.repo).resolve())
+    if config.tune:
+        with timer("tune"):
+            report.served = _tune(config, report)
     if config.smoke_test or config.serve:
         with timer("smoke test"):
             report.smoke_test = smoke_test_stage(config, selected, report)
+
+
+def _tune(config: DeployConfig, report: DeployReport) -> dict[str, Any]:
+    """`dlkit tune` on the model just packaged: its serving config, measured on the real
+    server; a better one is written as a new version. Served figures for the report."""
+    from toolkit.tune.run import TuneConfig, tune
+
+    tuned = tune(
+        TuneConfig(
+            repo=config.repo,
+            name=config.name,
+            objective=config.objective,
+            concurrency=config.tune_concurrency,
+            budget_minutes=config.tune_minutes,
+            device=config.device,
+            max_accuracy_drop=config.max_accuracy_drop,
+            report=str(Path(report.run_dir) / "tune"),
+            window_seconds=config.tune_window_seconds,
+        )
+    )
+    if tuned.written:
+        report.repository_changed = True
+    return served_summary(tuned)
 
 
 def _candidates(config: DeployConfig) -> list[str]:

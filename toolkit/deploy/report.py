@@ -30,6 +30,7 @@ class DeployReport:
     repository: str | None = None
     repository_changed: bool = False
     smoke_test: dict[str, Any] | None = None
+    served: dict[str, Any] | None = None  # `dlkit tune` on the packaged model (deploy --tune)
     skipped_stages: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float | None = None
@@ -50,6 +51,7 @@ class DeployReport:
             "repository": self.repository,
             "repository_changed": self.repository_changed,
             "smoke_test": self.smoke_test,
+            "served": self.served,
             "skipped_stages": self.skipped_stages,
             "stage_seconds": self.stage_seconds,
             "total_seconds": self.total_seconds,
@@ -57,6 +59,31 @@ class DeployReport:
         if self.failed_stage is not None:
             out |= {"failed_stage": self.failed_stage, "error": self.error}
         return out
+
+
+def served_summary(tuned) -> dict[str, Any]:
+    """What the deploy report shows of a `TuneReport`: the default and the tuned config's
+    figures at each concurrency, what was chosen and written."""
+
+    def figures(level) -> dict[str, float]:
+        return {"throughput": level.throughput, "p50_ms": level.p50_ms, "p99_ms": level.p99_ms}
+
+    levels = [
+        {"concurrency": c, "default": figures(d), "tuned": figures(t)}
+        for c in tuned.settings["concurrency"]
+        if (d := tuned.baseline.level(c)) and (t := tuned.selected.level(c))
+    ]
+    return {
+        "chosen": tuned.selected.config.describe(tuned.baseline.config),
+        "config": tuned.selected.config.serving.to_dict(),
+        "levels": levels,
+        "trials": len(tuned.trials),
+        "stopped": tuned.stopped,
+        "written": tuned.written,
+        "accuracy": tuned.accuracy and tuned.accuracy["accuracy"],
+        "round_trip_us": {k: b.round_trip_us for k, b in tuned.breakdowns.items()},
+        "report": "tune/tune.md",
+    }
 
 
 def write_report(report: DeployReport) -> None:
@@ -159,6 +186,8 @@ def format_markdown(report: DeployReport) -> str:
             [Column("stage", lambda s: s[0], "<"), Column("seconds", lambda s: f"{s[1]:.1f}")],
             stages,
         )
+    if report.served:
+        lines += _served_lines(report)
     if report.smoke_test:
         smoke = report.smoke_test
         lines += [
@@ -168,3 +197,45 @@ def format_markdown(report: DeployReport) -> str:
             f"top-1 agreement {smoke['top1_agreement']:.3f}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _served_lines(report: DeployReport) -> list[str]:
+    """Served figures (default against tuned config) beside the in-process ones."""
+    served, selected = report.served, report.selected
+    written = served["written"]
+    where = (
+        f"written as {written['model']} version {written['version']}"
+        if written
+        else "no config beat the default: nothing written"
+    )
+    columns = [
+        Column("concurrency", lambda r: str(r["concurrency"])),
+        Column("default img/s", lambda r: f"{r['default']['throughput']:.0f}"),
+        Column("tuned img/s", lambda r: f"{r['tuned']['throughput']:.0f}"),
+        Column("default p50 / p99 ms", lambda r: _p50_p99(r["default"])),
+        Column("tuned p50 / p99 ms", lambda r: _p50_p99(r["tuned"])),
+    ]
+    batch_sizes = report.config["batch_sizes"]
+    in_process = (
+        f"In process, the same artifact without a server: p50 "
+        f"{selected.latency_ms['p50']:.3f} ms at batch {min(batch_sizes)}, "
+        f"{selected.throughput:.0f} images/s at batch {max(batch_sizes)}."
+        if selected and selected.latency_ms
+        else ""
+    )
+    return [
+        "",
+        "## Served on Triton (`dlkit tune`)",
+        "",
+        f"Chosen: {served['chosen']} ({served['trials']} trials, search {served['stopped']}); "
+        f"{where}. Requests of one image, gRPC on the loopback; details in "
+        f"[{served['report']}]({served['report']}).",
+        "",
+        *render_markdown(columns, served["levels"]),
+        "",
+        in_process,
+    ]
+
+
+def _p50_p99(figures: dict[str, float]) -> str:
+    return f"{figures['p50_ms']:.2f} / {figures['p99_ms']:.2f}"

@@ -14,8 +14,9 @@ from typing import Any
 from toolkit.choices import Backend
 from toolkit.deploy.report import DeployReport
 from toolkit.deploy.selection import VariantReport
-from toolkit.deploy.stages import rehearse, smoke_check
+from toolkit.deploy.stages import smoke_check
 from toolkit.errors import DlkitError
+from toolkit.files import rehearse
 from toolkit.log import logger
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,14 @@ from toolkit.artifacts import open_runner
 from toolkit.artifacts.checkpoint import read_checkpoint_file
 from toolkit.bench.harness import MeasureConfig
 from toolkit.bench.run import Job, benchmark_jobs
-from toolkit.choices import Format, Precision
+from toolkit.choices import Format
 from toolkit.data import load_split
 from toolkit.deploy.selection import VariantReport
 from toolkit.errors import DlkitError
 from toolkit.evaluate import predict_dataset
 from toolkit.files import sha256_file, write_json
 from toolkit.variants.export import export_checkpoint
-from toolkit.variants.gate import Gate, compare_with_baseline
+from toolkit.variants.gate import Gate, compare_with_baseline, serving_parity
 from toolkit.variants.quantize import default_output, quantize_artifact
 from toolkit.variants.registry import BASELINE, get_variant
 
@@ -211,31 +209,7 @@ def smoke_check(local_path: str, endpoint: str, precision: str, samples: int = 6
         "max_abs_err": float(np.abs(expected - got).max()),
         "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
     }
-    # fp32 must match to rounding. Dynamic int8 scales activations per batch, so a server
-    # that batches differently gives slightly other logits: there only the classes must agree.
-    exact = precision == Precision.FP32
-    if result["top1_agreement"] < (1.0 if exact else 0.98) or (
-        exact and result["max_abs_err"] > 1e-3
-    ):
-        raise DlkitError(
-            f"the served model disagrees with the local one: {result['max_abs_err']:.3g} "
-            f"max abs error, top-1 agreement {result['top1_agreement']:.3f}"
-        )
+    parity = serving_parity(precision, result["max_abs_err"], result["top1_agreement"])
+    if not parity.ok:
+        raise DlkitError(parity.reason)
     return result
-
-
-def rehearse(repo: Path, package) -> None:
-    """Run `package(target)` on a copy of the repository (hard links where possible), so a
-    failure shows before the real one is touched."""
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    with tempfile.TemporaryDirectory(prefix="dlkit-stage-") as tmp:
-        staging = Path(tmp) / "repo"
-        if repo.exists():
-            shutil.copytree(repo, staging, copy_function=link_or_copy)
-        package(staging)

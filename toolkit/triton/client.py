@@ -237,6 +237,17 @@ class TritonClient:
         """Triton's inference statistics for `model` (its statistics extension)."""
         return self._call("statistics", lambda t: t.statistics(model), model=model)
 
+    def load_model(self, model: str, config_json: str | None = None) -> None:
+        """Load (or reload) `model` through the repository API (explicit model control),
+        with `config_json` (see `configs.config_json`) overriding its config.pbtxt."""
+        self._call("model load", lambda t: t.load_model(model, config_json))
+        self._models.pop(model, None)
+
+    def unload_model(self, model: str) -> None:
+        """Unload `model` (explicit model control)."""
+        self._call("model unload", lambda t: t.unload_model(model))
+        self._models.pop(model, None)
+
     def model(self, model: str) -> ServedModel:
         """What the client knows about `model` (read once, then cached)."""
         served = self._models.get(model)

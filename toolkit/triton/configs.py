@@ -35,6 +35,7 @@ INFO_PARAMETER = "dlkit"  # config parameter holding the artifact's ArtifactInfo
 IMAGE_INPUT = "IMAGE"  # the preprocessing ensemble's input: encoded image bytes
 MODEL_FILES = {Format.ONNX: "model.onnx", Format.TORCHSCRIPT: "model.pt"}
 THREAD_PARAMETERS = ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT")  # python/ORT, LibTorch
+INTER_OP_PARAMETERS = ("inter_op_thread_count", "INTER_OP_THREAD_COUNT")
 
 _ONNX_DTYPES = {
     1: "TYPE_FP32",
@@ -60,12 +61,14 @@ class ServingOptions:
     instances: int = 1
     kind: InstanceKind = InstanceKind.AUTO
     threads: int = 0
+    inter_op_threads: int = 1
 
     def __post_init__(self) -> None:
         InstanceKind.parse(self.kind, "instance kind")
         checks = [
             ("--instances", self.instances, 1, MAX_INSTANCES),
             ("--threads", self.threads, 0, MAX_THREADS),
+            ("inter-op threads", self.inter_op_threads, 0, MAX_THREADS),
             ("--max-queue-delay-us", self.max_queue_delay_us, 0, MAX_QUEUE_DELAY_US),
         ]
         if self.max_batch_size is not None:
@@ -86,6 +89,7 @@ class ServingOptions:
             "instances": self.instances,
             "kind": str(self.kind),
             "threads": self.threads,
+            "inter_op_threads": self.inter_op_threads,
         }
 
 
@@ -216,7 +220,10 @@ def classifier_config(
     """The classifier's config: native ONNX Runtime / LibTorch, or the python backend."""
     tin, tout = tensors
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
-    threads = {"intra_op_thread_count": options.threads, "inter_op_thread_count": 1}
+    threads = {
+        "intra_op_thread_count": options.threads,
+        "inter_op_thread_count": options.inter_op_threads,
+    }
     if backend == Backend.PYTHON:
         config.backend = "python"
         files = {"artifact_format": fmt, "artifact_file": MODEL_FILES[fmt]}
@@ -231,7 +238,7 @@ def classifier_config(
             {
                 "INFERENCE_MODE": "true",
                 "INTRA_OP_THREAD_COUNT": options.threads,
-                "INTER_OP_THREAD_COUNT": 1,
+                "INTER_OP_THREAD_COUNT": options.inter_op_threads,
             },
         )
     if backend == Backend.NATIVE:
@@ -253,7 +260,14 @@ def classifier_config(
 
 
 def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelConfig:
-    """Set instances, dynamic batching and threads of `config` (in place) from `options`."""
+    """Set instances, dynamic batching and threads of `config` (in place) from `options`.
+
+    `options.max_batch_size`, when set, replaces the config's (a batching model's only).
+    """
+    if options.max_batch_size is not None and config.max_batch_size > 0:
+        if options.max_batch_size < 1:
+            raise DlkitError(f"{config.name} batches; its max_batch_size must be at least 1")
+        config.max_batch_size = options.max_batch_size
     del config.instance_group[:]
     config.instance_group.add(count=options.instances, kind=KINDS[InstanceKind(options.kind)])
     config.ClearField("dynamic_batching")
@@ -262,9 +276,11 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
         batching.max_queue_delay_microseconds = options.max_queue_delay_us
         sizes = [b for b in options.preferred_batch_sizes if b <= config.max_batch_size]
         batching.preferred_batch_size.extend(sizes)
-    for key in THREAD_PARAMETERS:
+    values = {key: options.threads for key in THREAD_PARAMETERS}
+    values |= {key: options.inter_op_threads for key in INTER_OP_PARAMETERS}
+    for key, value in values.items():
         if key in config.parameters:
-            config.parameters[key].string_value = str(options.threads)
+            config.parameters[key].string_value = str(value)
     return config
 
 
@@ -281,6 +297,7 @@ def serving_options(config: mc.ModelConfig) -> ServingOptions:
     kinds = {value: kind for kind, value in KINDS.items()}
     batching = config.dynamic_batching
     threads = parameter(config, *THREAD_PARAMETERS) or "0"
+    inter = parameter(config, *INTER_OP_PARAMETERS) or "1"
     on = config.HasField("dynamic_batching")
     try:
         return ServingOptions(
@@ -293,9 +310,12 @@ def serving_options(config: mc.ModelConfig) -> ServingOptions:
             instances=group.count or 1,
             kind=kinds.get(group.kind, InstanceKind.AUTO),
             threads=int(threads),
+            inter_op_threads=int(inter),
         )
     except ValueError:
-        raise DlkitError(f"config of {config.name}: threads {threads!r} is not a number") from None
+        raise DlkitError(
+            f"config of {config.name}: thread counts {threads!r}, {inter!r} are not numbers"
+        ) from None
 
 
 def preprocess_config(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.choices import Choice
+from toolkit.choices import Choice, Precision
 
 Z95 = 1.959964
 SIGNIFICANCE = 0.05
@@ -95,6 +95,25 @@ class AccuracyComparison:
             "gate": str(self.gate),
             "note": self.note,
         }
+
+
+SERVED_FP32_ATOL = 1e-3
+SERVED_MIN_AGREEMENT = 0.98
+
+
+def serving_parity(precision: str, max_abs_err: float, top1_agreement: float) -> Gate:
+    """A served model against its own file run locally. fp32 must match to rounding;
+    dynamic int8 scales activations per batch, so a server that batches differently gives
+    slightly other logits: there (and for other precisions) only the classes must agree."""
+    exact = precision == Precision.FP32
+    if top1_agreement < (1.0 if exact else SERVED_MIN_AGREEMENT) or (
+        exact and max_abs_err > SERVED_FP32_ATOL
+    ):
+        return Gate.failed(
+            f"the served model disagrees with the local one: {max_abs_err:.3g} max abs error, "
+            f"top-1 agreement {top1_agreement:.3f}"
+        )
+    return Gate.passed()
 
 
 def mcnemar_worse_p(b: int, c: int) -> float:
