@@ -42,10 +42,8 @@ from toolkit.bench.load import LoadWindows
 from toolkit.log import configure_logging
 from toolkit.training.models import create_model
 from toolkit.triton.configs import ServingOptions
-from toolkit.triton.server import find_tritonserver
-from toolkit.tune import inputs
 from toolkit.tune.run import TuneConfig, tune
-from toolkit.tune.session import MeasureSettings, TuningServer, run_round
+from toolkit.tune.session import MeasureSettings, compare_configs
 from toolkit.tune.space import TrialConfig
 from toolkit.tune.trials import Trial
 from toolkit.variants.export import export_model
@@ -96,20 +94,8 @@ def tuned(onnx: Path, objective: str, levels: tuple[int, ...], args, report: Pat
 def compare(onnx: Path, configs: list[TrialConfig], shared_memory: bool, window: float):
     """`configs` side by side in one round on a fresh server, at concurrency 1, 4 and 16,
     windows interleaved (at least four per config and level, at most ten)."""
-    candidates = inputs.from_artifacts([onnx])
-    binary = find_tritonserver()
     windows = LoadWindows(window=window, windows=4, max_windows=10)
-    settings = MeasureSettings((1, 4, 16), windows, shared_memory=shared_memory)
-    with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as tmp:
-        inputs.stage(candidates, Path(tmp) / "repo", binary)
-        server = TuningServer(Path(tmp) / "repo", {c.variant: c for c in candidates}, binary)
-        server.start(configs[0])
-        try:
-            trials = [Trial(i, c, 0, "comparison") for i, c in enumerate(configs)]
-            run_round(server, trials, settings)
-        finally:
-            server.stop()
-    return trials
+    return compare_configs(onnx, configs, MeasureSettings((1, 4, 16), windows, shared_memory))
 
 
 def config_of(result: dict) -> TrialConfig:

@@ -256,7 +256,8 @@ def test_tune_writes_a_new_version_that_serves_like_the_local_runner(
     parts = out["breakdown"]["default"]["parts_us"]
     assert sum(parts.values()) == pytest.approx(out["breakdown"]["default"]["round_trip_us"], 0.05)
     written = out["written"]
-    assert written["model"] in ("digits", "digits_tuned") and written["version"] >= 1
+    # Same format and backend: the next version of digits, its config tuned for every version.
+    assert (written["model"], written["version"]) == ("digits", 2) and "instead_of" not in written
     for name in ("tune.md", "tune.json", "tune.png"):
         assert (tmp_path / "report" / name).is_file()
     # The chosen config loads in Triton and answers as the model run locally.
@@ -295,6 +296,36 @@ def test_configs_that_cannot_load_are_failed_trials_not_fatal(digits_onnx, repo,
     assert [t.config.serving.kind for t in failed[1:]] == ["gpu"] and failed[1].error
     assert report.server_restarts == 1
     assert report.selected.config == report.baseline.config and report.selected.ok
+
+
+@pytestmark_linux
+@pytest.mark.slow
+def test_each_slot_serves_the_config_it_is_measured_as(digits_onnx, tmp_path):
+    # The first config of a server used to be served as packaged (batching, 2,000 us) while
+    # recorded as the config asked for: a comparison led by "batching off" measured batching.
+    from toolkit.triton.client import TritonClient
+    from toolkit.triton.server import find_tritonserver
+    from toolkit.tune import inputs
+    from toolkit.tune.session import TuningServer
+
+    candidates = inputs.from_artifacts([digits_onnx])
+    variant = candidates[0].variant
+    binary = find_tritonserver()
+    inputs.stage(candidates, tmp_path / "repo", binary)
+    server = TuningServer(tmp_path / "repo", {variant: candidates[0]}, binary)
+    off = TrialConfig(variant, ServingOptions(dynamic_batching=False, threads=1))
+    on = TrialConfig(variant, ServingOptions(max_queue_delay_us=100))
+    server.start(off)
+    try:
+        slots = server.serve([off, on], timeout=60)
+        assert [error for _, error in slots] == ["", ""]
+        with TritonClient(server.url) as client:
+            first, second = (client.config(slot) for slot, _ in slots)
+    finally:
+        server.stop()
+    assert not first.HasField("dynamic_batching")
+    assert first.parameters["intra_op_thread_count"].string_value == "1"
+    assert second.dynamic_batching.max_queue_delay_microseconds == 100
 
 
 @pytestmark_linux

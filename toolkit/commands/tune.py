@@ -154,6 +154,8 @@ def _print_summary(report, folder: str) -> None:
     if report.written:
         w = report.written
         click.echo(f"written: {w['model']} version {w['version']} ({w['path']})")
+        if w.get("config_changes"):
+            click.echo(f"  config changed for every version: {w['config_changes']}")
         if w.get("instead_of"):
             click.echo(f"  not as {w['instead_of']}: {w['reason']}")
     click.echo(f"report: {folder}/tune.md")

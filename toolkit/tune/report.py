@@ -183,6 +183,8 @@ def format_markdown(report: TuneReport) -> str:
     if report.written:
         w = report.written
         lines += ["", f"Written: model {w['model']} version {w['version']} ({w['path']})."]
+        if w.get("config_changes"):
+            lines += [f"Config changed for every version: {w['config_changes']}."]
         if w.get("instead_of"):
             lines += [f"Not as {w['instead_of']}: {w['reason']}"]
     return "\n".join(lines) + "\n"

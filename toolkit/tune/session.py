@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ from toolkit.files import link_tree
 from toolkit.log import logger
 from toolkit.triton.client import TritonClient
 from toolkit.triton.configs import CONFIG_FILE, apply_serving, config_json, write_config
-from toolkit.triton.server import ServerBinary, TritonServer
+from toolkit.triton.server import ServerBinary, TritonServer, find_tritonserver
 from toolkit.triton.statistics import ServerTimes, snapshot
+from toolkit.tune import inputs
 from toolkit.tune.inputs import Candidate
 from toolkit.tune.space import TrialConfig
 from toolkit.tune.trials import LevelResult, Trial, TrialStatus
@@ -57,8 +59,10 @@ class TuningServer:
         self.restarts = 0
 
     def start(self, first: TrialConfig) -> None:
-        """Start with slot 0 of `first.variant` serving its config as packaged (`first`)."""
+        """Start with slot 0 of `first.variant` serving `first` (its config written before
+        the start, so the slot serves what it is recorded as serving)."""
         slot = self._slot(first.variant, 0)
+        write_config(self.triton_config(slot, first), self.repo / slot / CONFIG_FILE)
         ports = {"http_port": 0, "grpc_port": 0, "metrics_port": 0}  # any free ones
         log = self.repo.parent / "tritonserver.log"
         self.server = TritonServer(
@@ -221,3 +225,22 @@ def _measure(server: TuningServer, live: dict[str, Trial], settings: MeasureSett
             for slot, trial in live.items():
                 times = ServerTimes.between(before[slot], snapshot(client.statistics(slot), slot))
                 trial.levels.append(LevelResult(levels[slot], times))
+
+
+def compare_configs(
+    artifact: str | os.PathLike, configs: list[TrialConfig], settings: MeasureSettings
+) -> list[Trial]:
+    """Serve one artifact under each of `configs` side by side on a fresh server of its own
+    (a scratch repository) and measure them in one round: the trials, in order."""
+    candidates = inputs.from_artifacts([artifact])
+    binary = find_tritonserver()
+    with tempfile.TemporaryDirectory(prefix="dlkit-compare-") as tmp:
+        inputs.stage(candidates, Path(tmp) / "repo", binary)
+        server = TuningServer(Path(tmp) / "repo", {c.variant: c for c in candidates}, binary)
+        server.start(configs[0])
+        try:
+            trials = [Trial(i, c, 0, "comparison") for i, c in enumerate(configs)]
+            run_round(server, trials, settings)
+        finally:
+            server.stop()
+    return trials
