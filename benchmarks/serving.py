@@ -7,10 +7,9 @@ smallresnet for 32x32 grayscale digits (random weights: only speed is measured),
    request, batch 1, in interleaved blocks so machine noise hits both alike (goal: the wrapper
    within 10% of raw);
 2. dynamic batching against none at the same concurrency: the model served with batching
-   off, with batching and a 2,000 µs queue delay (the package default until this run), and
-   with batching and no queue delay, side by side on one server (`dlkit tune`'s
-   `compare_configs`), at concurrency 1 and 16, windows interleaved so that machine noise hits
-   all three alike.
+   off, and with batching and a queue delay of 0, 100, 500 and 2,000 µs (the package default
+   until this run), side by side on one server (`dlkit tune`'s `compare_configs`), at
+   concurrency 1, 4 and 16, windows interleaved so that machine noise hits all alike.
 
     python benchmarks/serving.py [--rounds 10] [--requests 200] [--window 2] [--out DIR]
 """
@@ -64,17 +63,20 @@ def build_repository(onnx: Path, root: Path) -> Path:
 
 BATCHING = {
     "batching off": ServingOptions(dynamic_batching=False),
-    "batching, 2,000 µs queue delay": ServingOptions(max_queue_delay_us=2000),
     "batching, no queue delay": ServingOptions(max_queue_delay_us=0),
+    "batching, 100 µs queue delay": ServingOptions(max_queue_delay_us=100),
+    "batching, 500 µs queue delay": ServingOptions(max_queue_delay_us=500),
+    "batching, 2,000 µs queue delay": ServingOptions(max_queue_delay_us=2000),
 }
+LEVELS = (1, 4, 16)
 
 
 def batching_on_vs_off(onnx: Path, window: float) -> dict:
-    """The three `BATCHING` configs side by side at concurrency 1 and 16."""
+    """The `BATCHING` configs side by side at each of `LEVELS`."""
     variant = default_name(onnx)
     configs = [TrialConfig(variant, options) for options in BATCHING.values()]
     windows = LoadWindows(window=window, windows=3, max_windows=8)
-    trials = compare_configs(onnx, configs, MeasureSettings((1, 16), windows))
+    trials = compare_configs(onnx, configs, MeasureSettings(LEVELS, windows))
     rows = {}
     for label, trial in zip(BATCHING, trials, strict=True):
         if not trial.ok:
@@ -199,7 +201,7 @@ def markdown(result: dict, args) -> str:
         f"{wrapped['mean']:.3f} |\n\n"
         f"wrapper / raw p50 = **{overhead['p50_ratio']:.3f}** (goal: at most 1.10).\n\n"
         f"## Dynamic batching on against off, same concurrency (requests of one image)\n\n"
-        f"Three configs of the same model served side by side on one server, windows of "
+        f"Five configs of the same model served side by side on one server, windows of "
         f"{args.window:g} s interleaved until three agree within 10% (at most eight; `!` marks "
         "a level whose windows never agreed).\n\n"
         "| config | concurrency | images/s | p50 (ms) | p99 (ms) | failures |\n"

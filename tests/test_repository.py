@@ -61,7 +61,8 @@ def test_native_configs_parse_back_through_the_protobuf(tiny_exports, tiny_run, 
     assert [(t.name, list(t.dims), t.label_filename) for t in config.output] == [
         ("logits", [10], "labels.txt")
     ]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.HasField("dynamic_batching")  # on, with no queue delay (the default)
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.model_warmup[0].inputs["input"].zero_data
     assert config.parameters["intra_op_thread_count"].string_value == "0"
     assert '"classes": ["0", "1"' in config.parameters["dlkit"].string_value
@@ -179,7 +180,7 @@ def test_versions_share_one_config_that_only_replace_config_changes(
     replacing = PackageOptions(serving=busier.serving, replace_config=True)
     result = package_artifact(exports["onnx"], repo, "m", options=replacing)
     assert result.version == 3 and "instances '1' -> '2'" in result.config_changes
-    assert "max_queue_delay_us '2000' -> '100'" in result.config_changes
+    assert "max_queue_delay_us '0' -> '100'" in result.config_changes
     assert read_config(repo / "m" / "config.pbtxt").instance_group[0].count == 2
     assert package_artifact(exports["onnx"], repo, "m", options=busier).version == 4
 

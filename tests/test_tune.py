@@ -248,7 +248,7 @@ def test_tune_writes_a_new_version_that_serves_like_the_local_runner(
             for lv in trial["levels"]:
                 assert lv["throughput"] > 0 and lv["p50_ms"] <= lv["p99_ms"]
                 assert lv["failures"] == 0
-    assert out["baseline"]["config"]["max_queue_delay_us"] == 2000  # the package default
+    assert out["baseline"]["config"]["max_queue_delay_us"] == 0  # the package default
     assert out["selected"]["trial"] in {t["trial"] for t in trials}
     assert out["accuracy"]["top1_agreement_with_local"] == 1.0
     assert out["accuracy"]["baseline"].startswith("fp32 checkpoint")
@@ -301,7 +301,7 @@ def test_configs_that_cannot_load_are_failed_trials_not_fatal(digits_onnx, repo,
 @pytestmark_linux
 @pytest.mark.slow
 def test_each_slot_serves_the_config_it_is_measured_as(digits_onnx, tmp_path):
-    # The first config of a server used to be served as packaged (batching, 2,000 us) while
+    # The first config of a server used to be served as packaged (with batching) while
     # recorded as the config asked for: a comparison led by "batching off" measured batching.
     from toolkit.triton.client import TritonClient
     from toolkit.triton.server import find_tritonserver
@@ -407,13 +407,18 @@ def test_deploy_tune_reports_served_figures_beside_in_process_ones(digits_checkp
 
 @pytestmark_linux
 @pytest.mark.slow
-def test_load_generator_counts_failures_and_timeouts(repo):
+def test_load_generator_counts_failures_and_timeouts(digits_onnx, repo):
     from toolkit.bench.load import ClosedLoop, measure_level
     from toolkit.errors import DlkitError
     from toolkit.triton.client import TritonClient
+    from toolkit.triton.repository import PackageOptions, package_artifact
     from toolkit.triton.sender import PreparedRequest
     from toolkit.triton.server import TritonServer
 
+    # A model that holds each request 0.2 s in its queue cannot answer within a deadline of 1 us
+    # (a fast one can: gRPC checks deadlines on a coarse clock).
+    slow = ServingOptions(max_queue_delay_us=200_000)
+    package_artifact(digits_onnx, repo, "slow", options=PackageOptions("python", serving=slow))
     batch = np.zeros((1, 1, 16, 16), np.float32)
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         for url in (server.grpc_url, f"http://{server.http_url}"):  # prepared, and infer()
@@ -421,11 +426,11 @@ def test_load_generator_counts_failures_and_timeouts(repo):
                 level = measure_level(client, "digits", batch, 2, duration=0.5, warmup=0.1)
             assert level.requests > 0 and level.failures == 0 and level.client_cpu > 0
         with TritonClient(server.grpc_url) as client:
-            served = client.model("digits")
+            served, held = client.model("digits"), client.model("slow")
         missing = dataclasses.replace(served, name="nope")
         cases = [
             (PreparedRequest(server.grpc_url, missing, batch, 5.0), False),  # unknown model
-            (PreparedRequest(server.grpc_url, served, batch, 1e-6), True),  # no time to answer
+            (PreparedRequest(server.grpc_url, held, batch, 1e-6), True),  # no time to answer
         ]
         for request, times_out in cases:
             with pytest.raises(DlkitError, match="Triton inference failed"):

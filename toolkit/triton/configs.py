@@ -273,6 +273,7 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
     config.ClearField("dynamic_batching")
     if config.max_batch_size > 0 and options.dynamic_batching:
         batching = config.dynamic_batching
+        batching.SetInParent()  # on even when every field keeps its default (no queue delay)
         batching.max_queue_delay_microseconds = options.max_queue_delay_us
         sizes = [b for b in options.preferred_batch_sizes if b <= config.max_batch_size]
         batching.preferred_batch_size.extend(sizes)
