@@ -91,7 +91,8 @@ def _served_lines(served: dict | None) -> list[str]:
     ]
     return [
         "",
-        f"Tuned: {served['chosen']} ({served['trials']} trials, search {served['stopped']}).",
+        f"Tuned for {served['objective']}: {served['chosen']} ({served['trials']} trials, "
+        f"search {served['stopped']}).",
         "",
         "| concurrency | default img/s | tuned img/s | default p99 ms | tuned p99 ms |",
         "| --- | --- | --- | --- | --- |",

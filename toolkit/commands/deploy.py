@@ -67,6 +67,14 @@ from toolkit.commands.output import (
     "(dlkit tune); a better one becomes a new version.",
 )
 @click.option(
+    "--tune-objective",
+    type=choice(Objective),
+    default="throughput",
+    show_default=True,
+    help="What --tune optimises on the server: most images/s at the top concurrency, or the "
+    "lowest p99 at concurrency 1 (--objective picks the variant, in process).",
+)
+@click.option(
     "--tune-minutes",
     type=float,
     default=2.0,
@@ -112,6 +120,7 @@ def deploy(
     threads,
     bench_seconds,
     tune,
+    tune_objective,
     tune_minutes,
     repo,
     name,
@@ -144,6 +153,7 @@ def deploy(
         threads=threads,
         bench_seconds=bench_seconds,
         tune=tune,
+        tune_objective=tune_objective,
         tune_minutes=tune_minutes,
         repo=repo,
         name=name,
@@ -187,6 +197,7 @@ def _print_summary(report) -> None:
             f"in {report.repository}"
         )
     if report.served:
+        click.echo(f"tuned for {report.served['objective']}: {report.served['chosen']}")
         for row in report.served["levels"]:
             d, t = row["default"], row["tuned"]
             click.echo(

@@ -51,6 +51,7 @@ class DeployConfig:
     bench_seconds: float = 0.5
     threads: int | None = None
     tune: bool = False
+    tune_objective: str = "throughput"  # on the server; `objective` picks the variant
     tune_minutes: float = 2.0
     tune_concurrency: tuple[int, ...] = (1, 4, 16)
     tune_window_seconds: float = 1.0
@@ -201,7 +202,7 @@ def _tune(config: DeployConfig, report: DeployReport) -> dict[str, Any]:
         TuneConfig(
             repo=config.repo,
             name=config.name,
-            objective=config.objective,
+            objective=config.tune_objective,
             concurrency=config.tune_concurrency,
             budget_minutes=config.tune_minutes,
             device=config.device,

@@ -74,6 +74,7 @@ def served_summary(tuned) -> dict[str, Any]:
         if (d := tuned.baseline.level(c)) and (t := tuned.selected.level(c))
     ]
     return {
+        "objective": tuned.settings["objective"],
         "chosen": tuned.selected.config.describe(tuned.baseline.config),
         "config": tuned.selected.config.serving.to_dict(),
         "levels": levels,
@@ -227,7 +228,8 @@ def _served_lines(report: DeployReport) -> list[str]:
         "",
         "## Served on Triton (`dlkit tune`)",
         "",
-        f"Chosen: {served['chosen']} ({served['trials']} trials, search {served['stopped']}); "
+        f"Chosen for {served['objective']}: {served['chosen']} ({served['trials']} trials, "
+        f"search {served['stopped']}); "
         f"{where}. Requests of one image, gRPC on the loopback; details in "
         f"[{served['report']}]({served['report']}).",
         "",
