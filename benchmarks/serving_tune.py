@@ -50,6 +50,7 @@ from toolkit.tune.space import TrialConfig
 from toolkit.tune.trials import Trial
 from toolkit.variants.export import export_model
 
+FAILED_ROUNDS: list[dict] = []  # comparison rounds run again, and why
 OLD_DEFAULT = "old default (2,000 µs queue delay)"  # the package default before this run
 MODELS = {"digits": ("smallresnet", 1, 32, 10), "resnet18": ("resnet18", 3, 224, 10)}
 RESULTS = Path(__file__).parent / "results"
@@ -96,9 +97,19 @@ def tuned(onnx: Path, objective: str, levels: tuple[int, ...], args, report: Pat
 
 def compare(onnx: Path, configs: list[TrialConfig], shared_memory: bool, window: float):
     """`configs` side by side in one round on a fresh server, at concurrency 1, 4 and 16,
-    windows interleaved (at least four per config and level, at most ten)."""
+    windows interleaved (at least four per config and level, at most ten). A round in which a
+    config fails is run once more (the failure is kept in the results); a second failure
+    ends the benchmark with the reason."""
     windows = LoadWindows(window=window, windows=4, max_windows=10)
-    return compare_configs(onnx, configs, MeasureSettings((1, 4, 16), windows, shared_memory))
+    settings = MeasureSettings((1, 4, 16), windows, shared_memory=shared_memory)
+    for attempt in (1, 2):
+        trials = compare_configs(onnx, configs, settings)
+        failed = [f"{t.config.describe()}: {t.status} ({t.error})" for t in trials if not t.ok]
+        if not failed:
+            return trials
+        FAILED_ROUNDS.append({"attempt": attempt, "failed": failed})
+        print(f"comparison round failed (attempt {attempt}): {failed}", file=sys.stderr)
+    raise SystemExit(f"the comparison failed twice: {failed}")
 
 
 def config_of(result: dict) -> TrialConfig:
@@ -229,6 +240,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started),
         "models": results,
         "goals": goals(by_model["digits"]) if "digits" in by_model else None,
+        "comparison_rounds_run_again": FAILED_ROUNDS,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving_tune.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -286,6 +298,9 @@ def markdown(result: dict) -> str:
                 f"search {s['stopped']}; chosen `{json.dumps(s['chosen_config'])}`.",
             ]
             lines += _breakdown_lines(s["breakdown"])
+    for again in result["comparison_rounds_run_again"]:
+        lines += ["", f"A comparison round was run again (attempt {again['attempt']} failed: "
+                  f"{'; '.join(again['failed'])})."]  # fmt: skip
     if result["goals"]:
         g = result["goals"]
         lines += [

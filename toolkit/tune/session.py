@@ -72,7 +72,8 @@ class TuningServer:
         self.first, self.loaded = first, {slot: first}
 
     def restart(self) -> None:
-        logger.warning("restarting tritonserver")
+        log = self.server.log_text().splitlines()[-5:] if self.server else []
+        logger.warning("restarting tritonserver; its last log lines:\n%s", "\n".join(log))
         self.stop(timeout=5.0)  # a hung load need not be waited for
         self.restarts += 1
         self.start(self.first)
