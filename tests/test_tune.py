@@ -25,7 +25,7 @@ from toolkit.tune.space import SearchSpace, TrialConfig
 from toolkit.tune.trials import LevelResult, Trial, TrialStatus
 
 LEVELS = (1, 16)
-START = TrialConfig("m", ServingOptions(max_batch_size=32))
+START = TrialConfig("m", ServingOptions(max_batch_size=32, max_queue_delay_us=2000))  # a long wait
 SPACE = SearchSpace(variants=("m",))
 
 
