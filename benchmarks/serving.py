@@ -25,35 +25,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from serving_tune import MODELS, export  # the script beside this one
 
-from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
 from toolkit.bench.environment import usable_cores
 from toolkit.bench.harness import latency_stats
 from toolkit.bench.load import LoadWindows
-from toolkit.training.models import create_model
 from toolkit.triton.client import TritonClient
 from toolkit.triton.configs import ServingOptions
 from toolkit.triton.repository import PackageOptions, default_name, package_artifact
 from toolkit.triton.server import TritonServer, free_port
 from toolkit.tune.session import MeasureSettings, compare_configs
 from toolkit.tune.space import TrialConfig
-from toolkit.variants.export import export_model
 
-MODEL, IMAGE_SIZE, CHANNELS, CLASSES = "smallresnet", 32, 1, 10
-
-
-def export(root: Path) -> Path:
-    torch.manual_seed(0)
-    model, spec = create_model(MODEL, CLASSES, CHANNELS, IMAGE_SIZE)
-    info = ArtifactInfo(
-        classes=tuple(str(i) for i in range(CLASSES)),
-        preprocessing=Preprocessing.default(CHANNELS, IMAGE_SIZE),
-        model=spec,
-        source=DataSource(dataset=None, data=str(root / "none")),  # parity on random inputs
-    )
-    [onnx] = export_model(model, info, root / "export", MODEL, formats=("onnx",))
-    return Path(onnx.path)
+MODEL = "smallresnet"
+_, CHANNELS, IMAGE_SIZE, CLASSES = MODELS["digits"]
 
 
 def build_repository(onnx: Path, root: Path) -> Path:
@@ -150,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="dlkit-serving-") as tmp:
-        onnx = export(Path(tmp))
+        onnx = export("digits", Path(tmp))  # the same random-weight smallresnet
         repo = build_repository(onnx, Path(tmp))
         ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
         with TritonServer(repo, **ports) as server:
