@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +330,39 @@ class _Hostile(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leak = torch.from_file(self.target, shared=True, size=1)
         return self.fc(x.flatten(1)) + leak.sum() * 0
+
+
+class _Slow(torch.nn.Module):
+    """A classifier whose forward runs for seconds: only allowed operators, in a long loop
+    (one that never ends would hang Triton's warm-up the same way)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+        self.fc = torch.nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.steps):
+            x = x + 0.0
+        return self.fc(x.flatten(1))
+
+
+def test_torchscript_whose_forward_does_not_finish_is_refused_in_time(
+    tmp_path, make_info, monkeypatch
+):
+    import toolkit.artifacts.torchscript as torchscript
+
+    info = make_info("simplenet", 1, 16, 10, DataSource(dataset="digits"))
+    path = tmp_path / "slow.torchscript.pt"
+    with jit_deprecation_silenced():
+        module = torch.jit.script(_Slow(steps=200_000))  # about 2 s here
+        torch.jit.save(module, str(path), _extra_files={EXTRA_FILE: info.to_json()})
+    monkeypatch.setattr(torchscript, "FORWARD_CHECK_SECONDS", 0.5)
+    started = time.perf_counter()
+    with pytest.raises(DlkitError, match=r"did not answer a batch of zeros within 0.5 s"):
+        package_artifact(path, tmp_path / "repo", "m")
+    assert time.perf_counter() - started < 30  # the loop runs on; package does not wait
+    assert not (tmp_path / "repo" / "m").exists()
 
 
 @pytest.mark.slow

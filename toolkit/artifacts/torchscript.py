@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from toolkit.errors import DlkitError
 
 EXTRA_FILE = "dlkit.json"  # the metadata, in the archive's extra/ folder
 MAX_CODE_BYTES = 64 * 1024 * 1024
+FORWARD_CHECK_SECONDS = 60.0  # for one batch of zeros; an image classifier takes well under 1 s
 
 # Operators an exported image classifier calls (convolutions, norms, activations, pooling,
 # attention, linear layers, shape and arithmetic helpers, the checks scripting inserts), as
@@ -176,3 +178,60 @@ class Handler:
 
     def export(self, model, info, path, example, **options: Any) -> dict[str, Any]:
         return export(model, info, path, example)
+
+
+def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
+    """TorchScript declares no output shape, so a Triton config comes from the metadata: run
+    the file (after its code check, unless `trust`) on zeros, as Triton's warm-up will, and
+    check that it answers one score per class within `FORWARD_CHECK_SECONDS`."""
+    module, _ = load_torchscript(path, trust=trust)
+    batch = info.static_batch or 1
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        info.input_dtype, torch.float32
+    )
+    zeros = torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype)
+    try:
+        out = _within(FORWARD_CHECK_SECONDS, lambda: _infer(module, zeros))
+    except TimeoutError:
+        raise DlkitError(
+            f"{path} did not answer a batch of zeros within {FORWARD_CHECK_SECONDS:g} s (a "
+            "forward that never ends would hang Triton's warm-up too); nothing was written"
+        ) from None
+    except Exception as exc:
+        raise DlkitError(
+            f"{path} fails on a batch of zeros shaped as its metadata says "
+            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
+            f"{first_line(exc)}"
+        ) from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (batch, info.num_classes):
+        raise DlkitError(
+            f"{path} answers {shape} for a batch of {batch}, but its metadata lists "
+            f"{info.num_classes} classes; re-export it with `dlkit export`"
+        )
+
+
+def _infer(module, batch: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():  # per thread: set where the forward runs
+        return module(batch)
+
+
+def _within(seconds: float, call):
+    """`call()`'s result, run on a daemon thread given `seconds` to finish; TimeoutError when
+    it has not (the thread is left to the process's exit: a Python thread cannot be killed)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="dlkit-forward-check", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

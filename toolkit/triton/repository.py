@@ -27,13 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.artifacts import detect_format, read_info
 from toolkit.artifacts.metadata import ArtifactInfo
-from toolkit.artifacts.runner import first_line
-from toolkit.artifacts.torchscript import load_torchscript
+from toolkit.artifacts.torchscript import check_forward
 from toolkit.choices import Backend, Format
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path, write_text
@@ -313,7 +311,7 @@ def package_artifact(
     check_name(name, PREPROCESS_SUFFIX if options.preprocess else "")
     tensors = io_tensors(path, fmt, info, backend)
     if fmt == Format.TORCHSCRIPT:
-        _check_torchscript(path, info, options.trust)  # Triton will run this file
+        check_forward(path, info, options.trust)  # Triton will run this file
     max_batch_size = _max_batch_size(path, tensors, info, options)
     if version is not None and not 1 <= version <= MAX_VERSION:
         raise DlkitError(f"--version must be a whole number from 1 to {MAX_VERSION}")
@@ -344,32 +342,6 @@ def package_artifact(
         path=str(repo / name / str(version)),
         config_changes=changes,
     )
-
-
-def _check_torchscript(path: Path, info: ArtifactInfo, trust: bool) -> None:
-    """TorchScript declares no output shape, so its config comes from the metadata: run the
-    file (after its code check, unless `trust`) on zeros, as Triton's warm-up will, and
-    check that it answers one score per class."""
-    module, _ = load_torchscript(path, trust=trust)
-    batch = info.static_batch or 1
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-        info.input_dtype, torch.float32
-    )
-    try:
-        with torch.inference_mode():
-            out = module(torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype))
-    except Exception as exc:
-        raise DlkitError(
-            f"{path} fails on a batch of zeros shaped as its metadata says "
-            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
-            f"{first_line(exc)}"
-        ) from None
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if shape != (batch, info.num_classes):
-        raise DlkitError(
-            f"{path} answers {shape} for a batch of {batch}, but its metadata lists "
-            f"{info.num_classes} classes; re-export it with `dlkit export`"
-        )
 
 
 def _max_batch_size(path: Path, tensors, info: ArtifactInfo, options: PackageOptions) -> int:
