@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from serving import CHANNELS, IMAGE_SIZE, MODEL, build_repository
+from serving_tune import export
 
 from toolkit.bench.harness import latency_stats
 from toolkit.errors import DlkitError
 from toolkit.triton.client import TritonClient
+from toolkit.triton.configs import ServingOptions
 from toolkit.triton.server import TritonServer, free_port
 
 
@@ -99,7 +101,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="dlkit-failover-") as tmp:
-        repo = build_repository(Path(tmp), max_batch_size=32, queue_delay_us=1000)
+        serving = ServingOptions(max_batch_size=32, max_queue_delay_us=1000)
+        repo = build_repository(export("digits", Path(tmp)), Path(tmp), serving)
         ports = [{f"{k}_port": free_port() for k in ("http", "grpc", "metrics")} for _ in "ab"]
         servers = [TritonServer(repo, **p) for p in ports]
         try:

@@ -41,8 +41,10 @@ MODEL = "smallresnet"
 _, CHANNELS, IMAGE_SIZE, CLASSES = MODELS["digits"]
 
 
-def build_repository(onnx: Path, root: Path) -> Path:
-    package_artifact(onnx, root / "repo", MODEL, options=PackageOptions(backend="python"))
+def build_repository(onnx: Path, root: Path, serving: ServingOptions | None = None) -> Path:
+    """`onnx` packaged as MODEL for the python backend in `root`/repo."""
+    options = PackageOptions(backend="python", serving=serving or ServingOptions())
+    package_artifact(onnx, root / "repo", MODEL, options=options)
     return root / "repo"
 
 

@@ -20,12 +20,9 @@ import sys
 from pathlib import Path
 
 import torch
+from train_overhead import build  # the script beside this one
 
-from toolkit.data import load_splits
 from toolkit.training.config import TrainConfig
-from toolkit.training.loaders import create_loader
-from toolkit.training.models import create_model
-from toolkit.training.optim import create_optimizer
 from toolkit.training.trainer import Trainer
 
 THREADS = (1, 2)
@@ -38,12 +35,7 @@ def spin() -> None:
 
 def trainer(config: TrainConfig) -> Trainer:
     """A Trainer built as `dlkit train` builds it (no run folder)."""
-    torch.manual_seed(config.seed)
-    splits = load_splits(config.source, config.preprocessing, config.augmentation)
-    model, _ = create_model(config.model, 10, config.channels, config.image_size)
-    optimizer = create_optimizer(model, config.optimizer, config.lr, config.weight_decay)
-    train = create_loader(splits.train, config.batch_size, train=True, seed=config.seed)
-    val = create_loader(splits.val, config.batch_size)
+    model, optimizer, train, val = build(config)
     loss = torch.nn.CrossEntropyLoss()
     return Trainer(model, optimizer, loss, train, val, torch.device("cpu"), quiet=True)
 
