@@ -23,7 +23,8 @@ from toolkit.bench.run import run_benchmark
 from toolkit.log import configure_logging
 from toolkit.training.models import create_model
 from toolkit.variants.export import export_model
-from toolkit.variants.quantize import cpu_features, int8_types, quantize_onnx
+from toolkit.artifacts.onnx_quantize import quantize_onnx
+from toolkit.cpu import cpu_features, int8_types
 
 VARIANTS = ["eager-fp32", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "torch-int8-pt2e"]
 

@@ -8,6 +8,7 @@ Factories are fixtures that return a function (`make_info`, `make_model`, `make_
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,22 @@ def pytest_collection_modifyitems(config, items):
         trains = TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
         if trains and "slow" not in item.keywords:
             raise pytest.UsageError(f"{item.nodeid} uses {trains} (it trains) but is not slow")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def artifact_store(tmp_path_factory):
+    """One artifact store for the session (never the user's ~/.cache): tests that build the
+    same variants of the same model share them, as `dlkit bench` and `dlkit deploy` do."""
+    from toolkit.variants.store import STORE_ENV
+
+    root = tmp_path_factory.mktemp("artifact-store")
+    previous = os.environ.get(STORE_ENV)
+    os.environ[STORE_ENV] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop(STORE_ENV, None)
+    else:
+        os.environ[STORE_ENV] = previous
 
 
 class Cli:

@@ -405,16 +405,21 @@ def test_cuda_rows_report_end_to_end_and_device_only_timings():
 
 
 def test_onnx_variants_on_cuda_without_a_cuda_provider_skip_before_exporting(tmp_path, make_model):
-    from toolkit.variants.build import Source, VariantSkipped, build_runner
-    from toolkit.variants.registry import VARIANTS
+    from toolkit.variants.build import build_runner
+    from toolkit.variants.registry import variants
+    from toolkit.variants.source import Source
+    from toolkit.variants.store import ArtifactStore
+    from toolkit.variants.verified import VariantSkipped
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     model, info = make_model("smallresnet", 3, 16, 4)
-    source = Source(model, info, "cuda", None, tmp_path)
-    for name in ("onnx-fp32", "onnx-fp16", "onnx-int8-static"):
-        with pytest.raises(VariantSkipped, match="no CUDA provider"):
-            build_runner(VARIANTS[name], source, 1)
+    source = Source.from_model(model, info, device="cuda", store=ArtifactStore(tmp_path))
+    for name, why in (("onnx-fp32", "no CUDA provider"), ("onnx-fp16", "no CUDA provider")):
+        with pytest.raises(VariantSkipped, match=why):
+            build_runner(variants()[name], source, 1)
+    with pytest.raises(VariantSkipped, match="runs on cpu"):
+        build_runner(variants()["onnx-int8-static"], source, 1)
     assert list(tmp_path.iterdir()) == []  # nothing was exported or quantized
 
 

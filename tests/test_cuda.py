@@ -22,10 +22,10 @@ from toolkit.training.loaders import create_loader
 from toolkit.training.models import create_model
 from toolkit.training.optim import create_optimizer
 from toolkit.training.trainer import Trainer
-from toolkit.variants.build import Source
 from toolkit.variants.build import build_runner as build_variant
 from toolkit.variants.parity import verify_parity
-from toolkit.variants.registry import VARIANTS
+from toolkit.variants.registry import variants
+from toolkit.variants.source import Source
 
 pytestmark = pytest.mark.cuda
 
@@ -48,10 +48,10 @@ RUNNERS = [
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory, make_model) -> Source:
+def source(make_model) -> Source:
     """smallresnet with random weights, as `dlkit bench` builds its CUDA variants from it."""
     model, info = make_model("smallresnet", 3, SIZE, CLASSES)
-    return Source(model, info, "cuda", None, tmp_path_factory.mktemp("cuda"))
+    return Source.from_model(model, info, device="cuda")
 
 
 def build_runner(source: Source, name: str):
@@ -63,7 +63,7 @@ def build_runner(source: Source, name: str):
             autocast="bf16",
             channels_last=True,
         )
-    return build_variant(VARIANTS[name], source, BATCH)
+    return build_variant(variants()[name], source, BATCH)
 
 
 @pytest.mark.parametrize(("name", "precision"), RUNNERS)

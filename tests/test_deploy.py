@@ -133,7 +133,7 @@ def test_deploy_smoke_tests_the_served_model(tiny_run, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--variants", "compile-fp32"], "can package onnx-fp32, torchscript-fp32"),
+        (["--variants", "compile-fp32"], "can package torchscript-fp32, onnx-fp32"),
         (["--variants", "fast"], "unknown variant 'fast'"),
         (["--model", "resnet18"], "--model choose what to train: not with a CHECKPOINT"),
     ],

@@ -14,13 +14,8 @@ from toolkit.errors import DlkitError
 from toolkit.files import sha256_file
 from toolkit.variants.export import export_checkpoint
 from toolkit.variants.pt2e import compile_int8, dynamic_int8_linear, pt2e_int8
-from toolkit.variants.quantize import (
-    CpuFeatures,
-    calibration_samples,
-    cpu_features,
-    int8_types,
-    quantize_artifact,
-)
+from toolkit.cpu import CpuFeatures, cpu_features, int8_types
+from toolkit.variants.quantize import calibration_samples, quantize_artifact
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 from toolkit.errors import DlkitError
 from toolkit.variants.gate import Gate, GateStatus, compare_with_baseline, mcnemar_worse_p
 from toolkit.variants.registry import (
-    DEFAULT_VARIANTS,
-    DEPLOY_CANDIDATES,
-    VARIANTS,
+    default_variants,
+    deploy_candidates,
     get_variant,
     resolve_variants,
+    variants,
 )
 
 
@@ -72,9 +72,11 @@ def test_gates_read_back_from_their_text():
 
 
 def test_one_name_set_for_bench_and_deploy():
-    for names in (*DEFAULT_VARIANTS.values(), *DEPLOY_CANDIDATES.values()):
-        assert set(names) <= set(VARIANTS)
-    assert all(VARIANTS[n].servable for names in DEPLOY_CANDIDATES.values() for n in names)
+    known = variants()
+    for device in ("cpu", "cuda"):
+        assert set(default_variants(device)) <= set(known)
+        assert set(deploy_candidates(device)) <= set(default_variants(device))
+        assert all(known[n].servable for n in deploy_candidates(device))
     assert resolve_variants(["torchscript", "compile"], "cpu") == [
         "torchscript-fp32",
         "compile-fp32",
@@ -87,15 +89,19 @@ def test_one_name_set_for_bench_and_deploy():
 
 
 def test_fp16_weight_variants_run_on_cuda_only(make_model, tmp_path):
-    from toolkit.variants.build import Source, VariantSkipped, build_runner
+    from toolkit.variants.build import build_runner
+    from toolkit.variants.source import Source
+    from toolkit.variants.verified import VariantSkipped
 
     model, info = make_model("smallresnet", 3, 16, 4)
-    source = Source(model, info, "cpu", 1, tmp_path)
-    for name in ("eager-fp16-cl", "compile-fp16-cl"):
-        assert VARIANTS[name].cast == "fp16" and VARIANTS[name].channels_last
+    source = Source.from_model(model, info, threads=1)
+    known = variants()
+    for name in ("eager-fp16-cl", "compile-fp16-cl", "onnx-fp16"):
         with pytest.raises(VariantSkipped, match="runs on CUDA"):
-            build_runner(VARIANTS[name], source, 1)
-    assert VARIANTS["eager-amp-cl"].cast is None and VARIANTS["eager-amp-cl"].autocast
+            build_runner(known[name], source, 1)
+    for name in ("eager-fp16-cl", "compile-fp16-cl"):
+        assert known[name].cast == "fp16" and known[name].channels_last
+    assert known["eager-amp-cl"].cast is None and known["eager-amp-cl"].autocast
 
 
 def test_a_cast_runner_feeds_its_own_precision(make_model):

@@ -38,12 +38,15 @@ class Choice(str, Enum):
             ) from None
 
 
-class Format(Choice):
-    """How a model is stored (or reached)."""
+class Format:
+    """The names of dlkit's built-in formats (how a model is stored, or reached). Formats are
+    plugins (`toolkit.artifacts.registry`), so this set is open: a format name is a plain
+    string, and these are the ones dlkit's own code refers to."""
 
     CHECKPOINT = "checkpoint"
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
+    OPENVINO = "openvino"
     SERVED = "served"  # a model behind a Triton endpoint (grpc://, http://)
 
 
@@ -135,6 +138,13 @@ class Backend(Choice):
 
     NATIVE = "native"  # Triton's ONNX Runtime / PyTorch backends (the NGC image)
     PYTHON = "python"  # the python backend (what the pip-installed server can serve)
+
+
+class Accelerator(Choice):
+    """An execution accelerator Triton's native onnxruntime backend starts for an ONNX model."""
+
+    NONE = "none"
+    OPENVINO = "openvino"  # ONNX Runtime's OpenVINO execution provider, on the CPU
 
 
 class InstanceKind(Choice):

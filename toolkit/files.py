@@ -59,15 +59,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """`target` as a hard link to `source` where the file system allows (a copy elsewhere),
+    replacing what was there atomically."""
+    tmp = Path(target).with_name(f".{Path(target).name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
 def link_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Copy a folder as hard links where the file system allows (copies elsewhere)."""
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
     shutil.copytree(source, target, copy_function=link_or_copy)
 
 
@@ -80,3 +85,15 @@ def rehearse(folder: str | os.PathLike, change: Callable[[Path], Any]) -> Any:
         if Path(folder).exists():
             link_tree(folder, staging)
         return change(staging)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists (another user's, or a number that is no pid, counts as
+    running: leave its files alone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

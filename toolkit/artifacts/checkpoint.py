@@ -11,26 +11,34 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from toolkit import __version__
+from toolkit.artifacts.format_plugin import FormatPlugin, is_torchscript_archive
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, set_torch_threads
-from toolkit.choices import Autocast, Format
-from toolkit.devices import resolve_device
+from toolkit.choices import Autocast, Device, Format
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path
-from toolkit.training.models import build_model, load_weights
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
 
 CHECKPOINT_FORMAT = "dlkit-checkpoint"
-AUTOCAST_DTYPES = {Autocast.FP16: torch.float16, Autocast.BF16: torch.bfloat16}
+
+
+def autocast_dtype(mode: str | None) -> torch.dtype | None:
+    """The torch dtype of an autocast or cast mode ("fp16", "bf16"), None for "off"."""
+    import torch
+
+    mode = Autocast.parse(mode or Autocast.OFF, "autocast")
+    return {Autocast.FP16: torch.float16, Autocast.BF16: torch.bfloat16}.get(mode)
 
 
 def library_versions() -> dict[str, str]:
+    import torch
     import torchvision
 
     return {
@@ -43,6 +51,8 @@ def library_versions() -> dict[str, str]:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Save `state` (tensors and plain containers only) to `path` atomically."""
+    import torch
+
     state = {"format": CHECKPOINT_FORMAT, "versions": library_versions(), **state}
     with atomic_path(path) as tmp:
         try:
@@ -63,6 +73,8 @@ def _reason(exc: BaseException) -> str:
 
 def read_checkpoint_file(path: str | os.PathLike) -> Any:
     """`torch.load(path, weights_only=True)` with the failures turned into clear messages."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise DlkitError(f"checkpoint not found: {path}")
@@ -84,6 +96,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a file: a plain one, or the model weights of a dlkit checkpoint."""
+    import torch
+
     data = read_checkpoint_file(path)
     if isinstance(data, dict) and isinstance(data.get("model_state"), dict):
         data = data["model_state"]
@@ -116,6 +130,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, ArtifactInfo]:
     """Rebuild the model of a checkpoint with its weights, in eval mode on the CPU."""
+    from toolkit.training.models import build_model, load_weights
+
     ckpt = load_checkpoint(path)
     model = build_model(ckpt.info.model)
     load_weights(model, ckpt.state["model_state"], str(path))
@@ -126,6 +142,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ArtifactInfo]:
 def check_outputs(model: nn.Module, info: ArtifactInfo, source: str) -> None:
     """The model must answer one logit per class name: a mismatch would label every
     prediction wrongly (or fail deep inside a report)."""
+    import torch
+
     with torch.no_grad():
         out = model.eval()(torch.zeros(2, *info.preprocessing.input_shape))
     if tuple(out.shape) != (2, info.num_classes):
@@ -152,6 +170,10 @@ class EagerRunner(Runner):
         info: ArtifactInfo | None = None,
         cast: str | None = None,
     ):
+        import torch
+
+        from toolkit.devices import resolve_device
+
         set_torch_threads(threads)
         self.device = resolve_device(device)
         if model is None:
@@ -159,12 +181,13 @@ class EagerRunner(Runner):
         self.model, self.info = model.eval(), info
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
         # `cast`: weights and inputs in fp16/bf16 (inference in that precision, no autocast).
-        self.dtype = AUTOCAST_DTYPES[Autocast.parse(cast, "cast")] if cast else torch.float32
+        self.dtype = autocast_dtype(cast) or torch.float32
         self.model.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
-        mode = Autocast.parse(autocast or "off", "autocast")
-        self.autocast_dtype = AUTOCAST_DTYPES.get(mode)
+        self.autocast_dtype = autocast_dtype(autocast)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(batch).to(
             self.device, dtype=self.dtype, memory_format=self.memory_format
         )
@@ -176,12 +199,24 @@ class EagerRunner(Runner):
             return self.model(x).float().cpu().numpy()
 
 
-class Handler:
+class CheckpointPlugin(FormatPlugin):
+    """dlkit checkpoints: what training writes and every variant is made from; run in eager
+    PyTorch, never served by Triton (export them first)."""
+
+    name = Format.CHECKPOINT
     suffix = ".pt"
-    format = Format.CHECKPOINT
+    devices = (Device.CPU, Device.CUDA)
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        return zipfile.is_zipfile(path) and not is_torchscript_archive(path)
 
     def read_info(self, path: str | os.PathLike) -> ArtifactInfo:
         return load_checkpoint(path).info
 
-    def open_runner(self, path: str | os.PathLike, device: str = "cpu", **options: Any) -> Runner:
+    def open_runner(
+        self, path: str | os.PathLike, device: str = "cpu", objective: str | None = None, **options
+    ) -> Runner:
         return EagerRunner(path, device=device, **options)
+
+
+PLUGIN = CheckpointPlugin()

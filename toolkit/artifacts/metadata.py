@@ -130,7 +130,7 @@ class ArtifactInfo:
     preprocessing: Preprocessing
     model: ModelSpec
     source: DataSource
-    format: Format = Format.CHECKPOINT
+    format: str = Format.CHECKPOINT  # a registered format's name
     precision: Precision = Precision.FP32
     input_dtype: str = "float32"
     static_batch: int | None = None
@@ -167,7 +167,7 @@ class ArtifactInfo:
             preprocessing=Preprocessing.from_dict(d["preprocessing"]),
             model=ModelSpec(str(model["name"]), dict(model.get("kwargs", {}))),
             source=DataSource.from_dict(d.get("source", {})),
-            format=Format(d.get("format", "checkpoint")),
+            format=_format_name(d.get("format", Format.CHECKPOINT)),
             precision=Precision(d.get("precision", "fp32")),
             input_dtype=str(d.get("input_dtype", "float32")),
             static_batch=None if static is None else int(static),
@@ -176,6 +176,14 @@ class ArtifactInfo:
             source_sha256=d.get("source_sha256"),
             dlkit_version=str(d.get("dlkit_version", "")),
         )
+
+
+def _format_name(value: Any) -> str:
+    """A format name as stored: short plain text (whether dlkit knows it is asked when the
+    artifact is used, since formats are plugins)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 40 or not value.isprintable():
+        raise ValueError(f"format must be a short name, got {str(value)[:40]!r}")
+    return value
 
 
 def parse_info(text: str | bytes | dict | None, path: str | os.PathLike) -> ArtifactInfo:

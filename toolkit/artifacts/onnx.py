@@ -1,5 +1,6 @@
-"""ONNX artifacts: metadata in `metadata_props`, export with torch's dynamo exporter, and the
-ONNX Runtime runner (CPU; CUDA/TensorRT providers only when they really start here).
+"""ONNX: metadata in `metadata_props`, export with torch's dynamo exporter, the ONNX Runtime
+runner (CPU; CUDA/TensorRT providers only when they really start here), the variants made from
+an ONNX file (dynamic and static int8, fp16), and Triton's onnxruntime backend.
 """
 
 from __future__ import annotations
@@ -8,31 +9,52 @@ import contextlib
 import os
 import sys
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-import torch
-
+from toolkit.artifacts.format_plugin import (
+    FileVariant,
+    FormatPlugin,
+    ModelProfile,
+    Tensor,
+    TritonNative,
+)
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, first_line
-from toolkit.choices import Device, Format
-from toolkit.devices import cuda_available
+from toolkit.choices import Device, Format, Precision, QuantizeMode
 from toolkit.errors import DlkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
 
 METADATA_KEY = "dlkit"
 DEFAULT_OPSET = 18
 GRAPH_OPTIMIZATIONS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
+# ONNX element types Triton can take, by their TensorProto number.
+TRITON_DTYPES = {
+    1: "TYPE_FP32",
+    10: "TYPE_FP16",
+    16: "TYPE_BF16",
+    11: "TYPE_FP64",
+    3: "TYPE_INT8",
+    2: "TYPE_UINT8",
+    7: "TYPE_INT64",
+}
+# Dynamic int8 quantizes Linear layers' MatMul/Gemm well but turns convolutions into slow
+# ConvInteger: it is offered by default only where Linear layers do most of the work.
+DYNAMIC_INT8_LINEAR_SHARE = 0.5
 
 
 def load_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """The ONNX graph without its external data (metadata and signatures only)."""
+    import onnx
+
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -46,6 +68,8 @@ def read_info(path: str | os.PathLike) -> ArtifactInfo:
 
 def write_info(path: str | os.PathLike, info: ArtifactInfo) -> None:
     """Store `info` in an ONNX file's `metadata_props`, replacing earlier dlkit metadata."""
+    import onnx
+
     model = onnx.load(str(path))
     for prop in [p for p in model.metadata_props if p.key == METADATA_KEY]:
         model.metadata_props.remove(prop)
@@ -65,6 +89,9 @@ def export(
     """Export with torch's current (dynamo) exporter to one self-contained file with input
     `input` and output `logits`, the batch dimension dynamic unless `static_batch`. Returns
     the opset the file really has (the exporter may raise the one asked for)."""
+    import onnx
+    import torch
+
     dynamic = None if static_batch else ({0: torch.export.Dim("batch", min=1)},)
     try:
         # The exporter reports progress on stdout, which belongs to --json.
@@ -114,6 +141,10 @@ def exporter_failure(exc: BaseException) -> str:
 def gpu_providers(tensorrt: bool = False) -> list[str]:
     """ONNX Runtime GPU providers that this build offers, best first, and only if a CUDA
     device is visible (onnxruntime-gpu lists them even on machines without a GPU)."""
+    import onnxruntime as ort
+
+    from toolkit.devices import cuda_available
+
     if not cuda_available():
         return []
     wanted = ["TensorrtExecutionProvider"] if tensorrt else []
@@ -136,12 +167,15 @@ class OnnxRunner(Runner):
         optimization: str = "all",
         tensorrt: bool = False,
     ):
+        import onnxruntime as ort
+
         device = Device.parse(device, "device")
         if optimization not in GRAPH_OPTIMIZATIONS:
             raise DlkitError(f"graph optimization must be one of {', '.join(GRAPH_OPTIMIZATIONS)}")
         self.info = read_info(path)
         options = ort.SessionOptions()
-        options.graph_optimization_level = GRAPH_OPTIMIZATIONS[optimization]
+        level = GRAPH_OPTIMIZATIONS[optimization]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -167,24 +201,197 @@ class OnnxRunner(Runner):
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
 
 
-class Handler:
-    suffix = ".onnx"
-    format = Format.ONNX
+# ---------------------------------------------------------------------------- the variants
 
-    def unavailable(self, device: str) -> str:
-        """Why ONNX cannot run on `device` here, or "" (checked before any file is made)."""
-        if device == Device.CUDA and not gpu_providers():
-            return "ONNX Runtime has no CUDA provider here (onnxruntime-gpu runs ONNX on the GPU)"
-        return ""
+
+def _export(target: Path, parent, info: ArtifactInfo, context) -> dict[str, Any]:
+    return export(context.model, info, target, context.example(), **context.options(Format.ONNX))
+
+
+def _transform(mode: QuantizeMode):
+    """The make of a variant that ONNX Runtime's tools derive from the fp32 file."""
+
+    def make(target: Path, parent: Path, info: ArtifactInfo, context) -> dict[str, Any]:
+        from toolkit.artifacts.onnx_quantize import quantize_onnx
+
+        extra: dict[str, Any] = {}
+        calibration = None
+        if mode == QuantizeMode.STATIC:
+            calibration = context.calibration()
+            extra = {"calibration_samples": len(calibration), "calibration": context.calibrated_on}
+        details = extra | quantize_onnx(parent, target, mode, calibration)
+        write_info(target, info.derive(quantization={"mode": str(mode), **details}))
+        return details
+
+    return make
+
+
+def _linear_heavy(profile: ModelProfile) -> bool:
+    return profile.linear_share >= DYNAMIC_INT8_LINEAR_SHARE
+
+
+# ------------------------------------------------------------------------------- Triton
+
+
+def _refuse_external_data(path: str | os.PathLike, graph) -> None:
+    """Triton gets `model.onnx` alone: weights kept in other files (ONNX external data)
+    would be missing there, or, named with a path, read from anywhere on the server."""
+    tensors = [*graph.initializer]
+    for node in graph.node:
+        for attribute in node.attribute:
+            tensors += [attribute.t, *attribute.tensors]
+    external = [t.name for t in tensors if t.data_location == t.EXTERNAL]
+    if external:
+        raise DlkitError(
+            f"{path} keeps {len(external)} tensor(s) in separate files (ONNX external data, "
+            f"e.g. {external[0]!r}); Triton would get model.onnx alone. Export it as one file "
+            "(`dlkit export`, or onnx.save(model, path, save_as_external_data=False))"
+        )
+
+
+def graph_tensors(path: str | os.PathLike, info: ArtifactInfo) -> tuple[Tensor, Tensor]:
+    """Input and output as an ONNX graph declares them, the batch dimension left to Triton
+    when it is dynamic."""
+    graph = load_model_proto(path).graph
+    _refuse_external_data(path, graph)
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise DlkitError(
+            f"{path}: expected one input and one output, found {len(inputs)} and "
+            f"{len(graph.output)}; export it with `dlkit export`"
+        )
+
+    def tensor(value) -> Tensor:
+        t = value.type.tensor_type
+        dtype = TRITON_DTYPES.get(t.elem_type)
+        if dtype is None:
+            raise DlkitError(f"{path}: tensor {value.name} has an unsupported type {t.elem_type}")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+        return Tensor(value.name, dtype, dims)
+
+    return batchless(path, tensor(inputs[0]), tensor(graph.output[0]), info)
+
+
+def batchless(path, tin: Tensor, tout: Tensor, info: ArtifactInfo) -> tuple[Tensor, Tensor]:
+    """Drop a dynamic batch dimension (Triton owns it) and check what is left: only the batch
+    may be dynamic, and the output has one score per class."""
+    if tin.dims and tin.dims[0] == -1:
+        tin = Tensor(tin.name, tin.dtype, tin.dims[1:])
+        tout = Tensor(tout.name, tout.dtype, tout.dims[1:])
+    if any(d < 1 for d in tin.dims + tout.dims):
+        raise DlkitError(f"{path}: only the batch dimension may be dynamic; got {tin.dims}")
+    if tout.dims[-1:] != (info.num_classes,):
+        raise DlkitError(
+            f"{path}: the model answers {tout.dims} outputs but its metadata lists "
+            f"{info.num_classes} classes"
+        )
+    return tin, tout
+
+
+def _stub_runner(path, params, gpu, device_id):
+    """ONNX Runtime inside Triton's python backend (needs only numpy and onnxruntime)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(params.get("intra_op_thread_count", "0"))
+    options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
+    providers = ["CPUExecutionProvider"]
+    if gpu:
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device_id)}))
+    session = ort.InferenceSession(path, options, providers=providers)
+    feed = session.get_inputs()[0].name
+
+    def run(batch):
+        return np.asarray(session.run(None, {feed: batch})[0], dtype=np.float32)
+
+    return run
+
+
+class OnnxPlugin(FormatPlugin):
+    name = Format.ONNX
+    suffix = ".onnx"
+    devices = (Device.CPU, Device.CUDA)
+    exportable = True
+    triton = TritonNative(
+        platform="onnxruntime_onnx", server_backend="onnxruntime", model_file="model.onnx"
+    )
+    accelerators = ("openvino",)  # the onnxruntime backend's OpenVINO execution provider
+    stub_runner = staticmethod(_stub_runner)
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        # protobuf field 1 (ir_version, a varint), as every ONNX file starts
+        return path.suffix.lower() == ".onnx" or head[:1] == b"\x08"
 
     def read_info(self, path: str | os.PathLike) -> ArtifactInfo:
         return read_info(path)
 
-    def open_runner(self, path: str | os.PathLike, device: str = "cpu", **options: Any) -> Runner:
+    def open_runner(
+        self, path: str | os.PathLike, device: str = "cpu", objective: str | None = None, **options
+    ) -> Runner:
         return OnnxRunner(path, device=device, **options)
 
-    def export(self, model, info, path, example, **options: Any) -> dict[str, Any]:
-        return export(model, info, path, example, **options)
+    def unavailable(self, device: str) -> str:
+        if device == Device.CUDA and not gpu_providers():
+            return "ONNX Runtime has no CUDA provider here (onnxruntime-gpu runs ONNX on the GPU)"
+        return super().unavailable(device)
+
+    def variants(self) -> tuple[FileVariant, ...]:
+        fp32 = "onnx-fp32"
+        return (
+            FileVariant(
+                name=fp32,
+                description="ONNX Runtime fp32 from `dlkit export`, all graph optimisations",
+                format=self.name,
+                make=_export,
+                devices=self.devices,
+            ),
+            FileVariant(
+                name="onnx-int8-dynamic",
+                description="ONNX Runtime, dynamic int8 (`dlkit quantize`); offered by default "
+                "for models whose Linear layers do most of the work",
+                format=self.name,
+                precision=Precision.INT8,
+                parent=fp32,
+                make=_transform(QuantizeMode.DYNAMIC),
+                simplicity=2,
+                suits=_linear_heavy,
+            ),
+            FileVariant(
+                name="onnx-int8-static",
+                description="ONNX Runtime, static int8 QDQ, per-channel, calibrated "
+                "(`dlkit quantize`)",
+                format=self.name,
+                precision=Precision.INT8,
+                parent=fp32,
+                make=_transform(QuantizeMode.STATIC),
+                simplicity=3,
+            ),
+            FileVariant(
+                name="onnx-fp16",
+                description="ONNX Runtime, fp16 weights and activations",
+                format=self.name,
+                precision=Precision.FP16,
+                parent=fp32,
+                make=_transform(QuantizeMode.FP16),
+                simplicity=2,
+                devices=(Device.CUDA,),
+                cuda_only=True,
+            ),
+        )
+
+    def io_tensors(self, path, info: ArtifactInfo, native: bool) -> tuple[Tensor, Tensor]:
+        return graph_tensors(path, info)
+
+    def triton_parameters(self, threads: int, inter_op_threads: int, info: ArtifactInfo) -> dict:
+        # ONNX Runtime backend parameters; 0: every core
+        return {"intra_op_thread_count": threads, "inter_op_thread_count": inter_op_threads}
+
+
+PLUGIN = OnnxPlugin()

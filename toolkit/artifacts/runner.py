@@ -6,10 +6,13 @@ format module (`checkpoint`, `torchscript`, `onnx`, and `toolkit.triton.runner`)
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.errors import DlkitError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Runner:
@@ -19,6 +22,8 @@ class Runner:
     name = "runner"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         self.check_input(batch)
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
 
@@ -39,6 +44,8 @@ class Runner:
 
 def check_batch(batch: np.ndarray, info: ArtifactInfo, who: str) -> None:
     """The checks every boundary (runners, the Triton client) applies to a model input."""
+    import numpy as np
+
     expected = info.preprocessing.input_shape
     if not isinstance(batch, np.ndarray) or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
         shape = getattr(batch, "shape", type(batch).__name__)

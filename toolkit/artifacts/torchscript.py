@@ -17,16 +17,23 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
+from toolkit.artifacts.format_plugin import (
+    FileVariant,
+    FormatPlugin,
+    Tensor,
+    TritonNative,
+    is_torchscript_archive,
+)
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, first_line, set_torch_threads
-from toolkit.choices import Format
-from toolkit.devices import resolve_device
+from toolkit.choices import Device, Format
 from toolkit.errors import DlkitError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 EXTRA_FILE = "dlkit.json"  # the metadata, in the archive's extra/ folder
 MAX_CODE_BYTES = 64 * 1024 * 1024
@@ -110,6 +117,8 @@ def load_torchscript(
     path: str | os.PathLike, map_location: str = "cpu", trust: bool = False
 ) -> tuple[Any, ArtifactInfo]:
     """A TorchScript module and its dlkit metadata, after the code check."""
+    import torch
+
     info = read_info(path)
     check_code(path, trust)
     try:
@@ -123,6 +132,8 @@ def load_torchscript(
 def export(model, info: ArtifactInfo, path: str | os.PathLike, example) -> dict[str, Any]:
     """Trace in eval mode and freeze; script instead when tracing warns that the trace may
     not generalise (data-dependent control flow). Returns `{"method": "trace"|"script"}`."""
+    import torch
+
     method = "trace"
     with jit_deprecation_silenced(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)
@@ -156,34 +167,25 @@ class TorchScriptRunner(Runner):
         threads: int | None = None,
         trust: bool = False,
     ):
+        from toolkit.devices import resolve_device
+
         set_torch_threads(threads)
         self.device = resolve_device(device)
         self.module, self.info = load_torchscript(path, str(self.device), trust)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-
-
-class Handler:
-    suffix = ".torchscript.pt"
-    format = Format.TORCHSCRIPT
-    runs_code = True  # open_runner takes `trust`
-
-    def read_info(self, path: str | os.PathLike) -> ArtifactInfo:
-        return read_info(path)
-
-    def open_runner(self, path: str | os.PathLike, device: str = "cpu", **options: Any) -> Runner:
-        return TorchScriptRunner(path, device=device, **options)
-
-    def export(self, model, info, path, example, **options: Any) -> dict[str, Any]:
-        return export(model, info, path, example)
 
 
 def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
     """TorchScript declares no output shape, so a Triton config comes from the metadata: run
     the file (after its code check, unless `trust`) on zeros, as Triton's warm-up will, and
     check that it answers one score per class within `FORWARD_CHECK_SECONDS`."""
+    import torch
+
     module, _ = load_torchscript(path, trust=trust)
     batch = info.static_batch or 1
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
@@ -212,6 +214,8 @@ def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
 
 
 def _infer(module, batch: torch.Tensor) -> torch.Tensor:
+    import torch
+
     with torch.inference_mode():  # per thread: set where the forward runs
         return module(batch)
 
@@ -235,3 +239,101 @@ def _within(seconds: float, call):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+# ------------------------------------------------------------------------- plugin, Triton
+
+# Triton's TYPE_* for the metadata's input dtype (TorchScript declares no signature).
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}
+MAX_STATIC_BATCH = 65536
+
+
+def _export(target: Path, parent, info: ArtifactInfo, context) -> dict[str, Any]:
+    return export(context.model, info, target, context.example())
+
+
+def _stub_runner(path, params, gpu, device_id):
+    """TorchScript inside Triton's python backend (needs only numpy and torch)."""
+    import torch
+
+    intra = int(params.get("intra_op_thread_count", "0"))
+    inter = int(params.get("inter_op_thread_count", "0"))
+    if intra:
+        torch.set_num_threads(intra)
+    if inter:
+        torch.set_num_interop_threads(inter)
+    device = f"cuda:{device_id}" if gpu else "cpu"
+    module = torch.jit.load(path, map_location=device).eval()
+
+    def run(batch):
+        if not batch.flags.writeable:  # a view of Triton's shared memory: torch wants its own
+            batch = batch.copy()
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    return run
+
+
+class TorchScriptPlugin(FormatPlugin):
+    name = Format.TORCHSCRIPT
+    suffix = ".torchscript.pt"
+    runs_code = True  # open_runner takes `trust`
+    devices = (Device.CPU, Device.CUDA)
+    exportable = True
+    triton = TritonNative(
+        platform="pytorch_libtorch", server_backend="pytorch", model_file="model.pt"
+    )
+    stub_runner = staticmethod(_stub_runner)
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        return is_torchscript_archive(path)
+
+    def read_info(self, path: str | os.PathLike) -> ArtifactInfo:
+        return read_info(path)
+
+    def open_runner(
+        self, path: str | os.PathLike, device: str = "cpu", objective: str | None = None, **options
+    ) -> Runner:
+        return TorchScriptRunner(path, device=device, **options)
+
+    def check_before_serving(self, path: Path, info: ArtifactInfo, trust: bool) -> None:
+        check_forward(path, info, trust)  # Triton will run this file
+
+    def variants(self) -> tuple[FileVariant, ...]:
+        return (
+            FileVariant(
+                name="torchscript-fp32",
+                description="frozen TorchScript from `dlkit export`, fp32",
+                format=self.name,
+                make=_export,
+                simplicity=1,
+                devices=self.devices,
+            ),
+        )
+
+    def io_tensors(self, path, info: ArtifactInfo, native: bool) -> tuple[Tensor, Tensor]:
+        """TorchScript has no named signature: shapes come from the metadata, and names follow
+        the native PyTorch backend's `INPUT__0`/`OUTPUT__0` convention there."""
+        dtype = TRITON_DTYPES.get(info.input_dtype, "TYPE_FP32")
+        shape = info.preprocessing.input_shape
+        if info.static_batch is not None and not 1 <= info.static_batch <= MAX_STATIC_BATCH:
+            raise DlkitError(f"{path}: its metadata gives a fixed batch of {info.static_batch}")
+        if info.static_batch:
+            dims_in, dims_out = (info.static_batch, *shape), (info.static_batch, info.num_classes)
+        else:
+            dims_in, dims_out = shape, (info.num_classes,)
+        names = ("INPUT__0", "OUTPUT__0") if native else ("input", "logits")
+        return Tensor(names[0], dtype, dims_in), Tensor(names[1], "TYPE_FP32", dims_out)
+
+    def triton_parameters(self, threads: int, inter_op_threads: int, info: ArtifactInfo) -> dict:
+        return {
+            "INFERENCE_MODE": "true",
+            "INTRA_OP_THREAD_COUNT": threads,
+            "INTER_OP_THREAD_COUNT": inter_op_threads,
+        }
+
+    def thread_parameters(self) -> tuple[str, str]:
+        return ("INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT")
+
+
+PLUGIN = TorchScriptPlugin()

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__
-from toolkit.devices import cpu_info, usable_cores
+from toolkit.cpu import cpu_info
+from toolkit.devices import usable_cores
 
 # /proc/cpuinfo flag -> the name people know it by.
 INSTRUCTION_SETS = {

@@ -14,7 +14,7 @@ from toolkit.bench.results import BenchReport, BenchRow
 from toolkit.files import write_json, write_text
 from toolkit.plots import plot_bench
 from toolkit.tables import Column, render_markdown, render_text
-from toolkit.variants.registry import VARIANTS
+from toolkit.variants.registry import variants
 
 MIB = 1024**2
 UNSTABLE = "!"  # a figure whose windows did not agree before the time cap
@@ -177,8 +177,9 @@ def format_markdown(report: BenchReport) -> str:
     for size, rows in _groups(report):
         out += ["", f"## Batch size {size}", "", *render_markdown(cols, rows)]
     out += ["", "## Notes", ""] + [f"- {note}" for note in notes(report)]
-    described = {r.variant_name for r in report.results} & set(VARIANTS)
-    out += [f"- `{name}`: {VARIANTS[name].description}" for name in VARIANTS if name in described]
+    known = variants()
+    described = {r.variant_name for r in report.results} & set(known)
+    out += [f"- `{name}`: {known[name].description}" for name in known if name in described]
     sections = [
         ("Skipped", [s.text() for s in report.skipped]),
         ("Repeat measurement", consistency_lines(report)),

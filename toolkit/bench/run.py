@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from toolkit.artifacts import detect_format, open_runner, read_info
-from toolkit.artifacts.checkpoint import EagerRunner, load_model
+from toolkit.artifacts.checkpoint import EagerRunner
 from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
 from toolkit.artifacts.runner import Runner, first_line
 from toolkit.artifacts.torchscript import TorchScriptRunner
@@ -38,8 +37,11 @@ from toolkit.devices import resolve_device
 from toolkit.errors import DlkitError
 from toolkit.log import logger
 from toolkit.training.models import create_model
-from toolkit.variants.build import Source, VariantSkipped, build_runner
-from toolkit.variants.registry import VARIANTS, resolve_variants
+from toolkit.variants.build import build_runner
+from toolkit.variants.registry import resolve_variants, variants
+from toolkit.variants.source import Source
+from toolkit.variants.store import ArtifactStore
+from toolkit.variants.verified import VariantSkipped
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 RANKED_BY = {
@@ -85,16 +87,16 @@ def run_benchmark(
     if bool(artifacts) == bool(model):
         raise DlkitError("give either ARTIFACT paths or --model NAME (not both, not neither)")
     threads = threads or default_threads()
-    with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as workdir:
-        jobs = plan_jobs(
-            artifacts, model, variants, device, threads, Path(workdir),
-            (channels, image_size, num_classes),
-        )  # fmt: skip
-        settings = {
-            "model": model or [str(a) for a in artifacts],
-            "variants": [job.label for job in jobs],
-        }
-        return benchmark_jobs(jobs, batch_sizes, device, threads, config, recheck, settings)
+    store = ArtifactStore()
+    jobs = plan_jobs(
+        artifacts, model, variants, device, threads, store, (channels, image_size, num_classes)
+    )
+    settings = {
+        "model": model or [str(a) for a in artifacts],
+        "variants": [job.label for job in jobs],
+        "artifact_store": str(store.root),
+    }
+    return benchmark_jobs(jobs, batch_sizes, device, threads, config, recheck, settings)
 
 
 def benchmark_jobs(
@@ -235,38 +237,38 @@ def _recheck(jobs: list[Job], rows: list[BenchRow], device, config) -> list[dict
 def plan_jobs(
     artifacts: Sequence[str | os.PathLike],
     model: str | None,
-    variants: Sequence[str] | None,
+    variants_asked: Sequence[str] | None,
     device: str,
     threads: int,
-    workdir: Path,
+    store: ArtifactStore | None = None,
     model_shape: tuple[int, int, int] = (3, 224, 1000),
 ) -> list[Job]:
-    """One job per (source, variant) and per ONNX/TorchScript file, in the order given.
-    `model_shape` is (channels, image size, classes) for `model`."""
-    names = resolve_variants(list(variants) if variants else None, device)
+    """One job per (source, variant) and per artifact file, in the order given. File variants
+    come from the artifact store `dlkit deploy` shares. `model_shape` is (channels, image
+    size, classes) for `model`."""
+    known = variants()
 
     def variant_jobs(label: str, source: Source) -> list[Job]:
+        asked = list(variants_asked) if variants_asked else None
         jobs = []
-        for name in names:
+        for name in resolve_variants(asked, device, source.profile()):
             full = f"{label}:{name}" if len(artifacts) > 1 else name
-            if name in VARIANTS:
-                jobs.append(Job(full, lambda b, v=VARIANTS[name]: build_runner(v, source, b)))
+            if name in known:
+                jobs.append(Job(full, lambda b, v=known[name]: build_runner(v, source, b)))
             else:
-                jobs.append(Job(full, error=f"unknown variant; choose from {', '.join(VARIANTS)}"))
+                jobs.append(Job(full, error=f"unknown variant; choose from {', '.join(known)}"))
         return jobs
 
+    options = {"device": device, "threads": threads, "store": store}
     if model:
-        return variant_jobs(model, _model_source(model, model_shape, device, threads, workdir))
+        return variant_jobs(model, _model_source(model, model_shape, options))
     jobs: list[Job] = []
     has_checkpoint = False
-    for i, artifact in enumerate(artifacts):
+    for artifact in artifacts:
         path = Path(artifact)
         try:
             if detect_format(path) == Format.CHECKPOINT:
-                net, info = load_model(path)
-                (workdir / f"source{i}").mkdir()  # one folder per checkpoint: stems may repeat
-                source = Source(net, info, device, threads, workdir / f"source{i}")
-                jobs += variant_jobs(path.stem, source)
+                jobs += variant_jobs(path.stem, Source.from_checkpoint(path, **options))
                 has_checkpoint = True
             else:
                 read_info(path)
@@ -275,15 +277,15 @@ def plan_jobs(
                 )
         except DlkitError as exc:
             jobs.append(Job(path.name, error=f"cannot load: {exc}"))
-    if variants and not has_checkpoint:
+    if variants_asked and not has_checkpoint:
         raise DlkitError(
-            "--variants builds variants from --model or a checkpoint; ONNX and TorchScript "
-            "files are benchmarked as they are"
+            "--variants builds variants from --model or a checkpoint; artifact files are "
+            "benchmarked as they are"
         )
     return jobs
 
 
-def _model_source(name: str, shape, device: str, threads: int, workdir: Path) -> Source:
+def _model_source(name: str, shape, options: dict[str, Any]) -> Source:
     channels, image_size, num_classes = shape
     torch.manual_seed(0)
     model, spec = create_model(name, num_classes, channels, image_size)
@@ -293,7 +295,7 @@ def _model_source(name: str, shape, device: str, threads: int, workdir: Path) ->
         model=spec,
         source=DataSource(dataset=None),  # random weights: parity checks use random inputs
     )
-    return Source(model.eval(), info, device, threads, workdir)
+    return Source.from_model(model, info, **options)
 
 
 # ------------------------------------------------------------------------------------ steps

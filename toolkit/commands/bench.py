@@ -12,7 +12,7 @@ from toolkit.commands.output import (
     target_device_option,
     threads_option,
 )
-from toolkit.variants.registry import DEFAULT_VARIANTS, VARIANTS
+from toolkit.variants.registry import default_variants, variants
 
 
 @click.command()
@@ -36,9 +36,10 @@ from toolkit.variants.registry import DEFAULT_VARIANTS, VARIANTS
 @click.option(
     "--variants",
     help=(
-        f"Comma-separated, or 'all'; built from --model or a checkpoint: {', '.join(VARIANTS)}. "
-        f"Default on cpu: {','.join(DEFAULT_VARIANTS['cpu'])}; on cuda: "
-        f"{','.join(DEFAULT_VARIANTS['cuda'])}."
+        f"Comma-separated, or 'all'; built from --model or a checkpoint: {', '.join(variants())}. "
+        f"Default on this machine's cpu: {','.join(default_variants('cpu'))} (file variants "
+        f"that do not suit the model are left out); on cuda: "
+        f"{','.join(default_variants('cuda'))}."
     ),
 )
 @target_device_option

@@ -1,16 +1,31 @@
-"""`dlkit export`."""
+"""`dlkit export`: one flag per exportable format (each format plugin that says so)."""
 
 from __future__ import annotations
 
 import click
 
+from toolkit.artifacts.registry import plugins
 from toolkit.commands.output import finite, json_option, print_json
+
+DEFAULT_FORMATS = ("onnx", "torchscript")
+
+
+def format_flags(command):
+    """A `--<format>` flag for every exportable format, collected into `formats`."""
+    for plugin in reversed([p for p in plugins() if p.exportable]):
+        command = click.option(
+            f"--{plugin.name}",
+            "formats",
+            flag_value=plugin.name,
+            multiple=True,
+            help=f"Export {plugin.name} (default: {' and '.join(DEFAULT_FORMATS)}).",
+        )(command)
+    return command
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--onnx", "onnx_", is_flag=True, help="Export ONNX (default: both formats).")
-@click.option("--torchscript", is_flag=True, help="Export TorchScript (default: both formats).")
+@format_flags
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -47,10 +62,9 @@ from toolkit.commands.output import finite, json_option, print_json
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
 @json_option
 @click.pass_context
-def export(
-    ctx, checkpoint, onnx_, torchscript, out, opset, static_batch, atol, rtol, force, as_json
-):
-    """Export CHECKPOINT to ONNX and TorchScript and prove the outputs still match.
+def export(ctx, checkpoint, formats, out, opset, static_batch, atol, rtol, force, as_json):
+    """Export CHECKPOINT (ONNX and TorchScript by default; --openvino writes OpenVINO IR) and
+    prove the outputs still match.
 
     Each artifact is compared with the eager model on the checkpoint's validation images at
     batch sizes 1 and 7; one that drifts beyond --atol and --rtol is not kept, and the command
@@ -58,11 +72,10 @@ def export(
     """
     from toolkit.variants.export import export_checkpoint
 
-    formats = tuple(f for f, on in (("onnx", onnx_), ("torchscript", torchscript)) if on)
     results = export_checkpoint(
         checkpoint,
         out,
-        formats or ("onnx", "torchscript"),
+        tuple(dict.fromkeys(formats)) or DEFAULT_FORMATS,
         opset=opset,
         static_batch=static_batch,
         atol=atol,

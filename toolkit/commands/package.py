@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.choices import Backend, InstanceKind
+from toolkit.choices import Accelerator, Backend, InstanceKind
 from toolkit.commands.output import choice, json_option, print_json, repo_option, trust_option
 from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
 
@@ -58,8 +58,17 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
     type=choice(Backend),
     default="native",
     show_default=True,
-    help="native: Triton's ONNX Runtime/PyTorch backends (the NGC image); python: "
-    "the python backend (what the pip-installed server can serve).",
+    help="native: Triton's own backend for the format (onnxruntime, pytorch, openvino: the "
+    "NGC image); python: the python backend running the format's runtime (what the "
+    "pip-installed server can serve).",
+)
+@click.option(
+    "--accelerator",
+    type=choice(Accelerator),
+    default="none",
+    show_default=True,
+    help="ONNX on the native onnxruntime backend: start this execution provider (openvino: "
+    "ONNX Runtime's OpenVINO provider on the CPU).",
 )
 @click.option(
     "--preprocess",
@@ -86,12 +95,14 @@ def package(
     kind,
     threads,
     backend,
+    accelerator,
     preprocess,
     replace_config,
     trust,
     as_json,
 ) -> None:
-    """Write ARTIFACT (dlkit ONNX or TorchScript) into a Triton model repository.
+    """Write ARTIFACT (a dlkit ONNX, TorchScript or OpenVINO IR file) into a Triton model
+    repository.
 
     Each run adds a new version folder, written in full before it appears; existing versions
     are left as they are. The config carries the class names and preprocessing, and labels.txt
@@ -112,6 +123,7 @@ def package(
             instances=instances,
             kind=kind,
             threads=threads,
+            accelerator=accelerator,
         ),
         preprocess=preprocess,
         trust=trust,

@@ -1,4 +1,5 @@
-"""`deploy(config)`: train (when no checkpoint is given) → export → quantize → accuracy →
+"""`deploy(config)`: train (when no checkpoint is given) → build (every candidate variant of
+every format that runs here, made and verified once through the artifact store) → accuracy →
 benchmark → select → package → smoke test, each stage timed and named in the report. A failure
 leaves the model repository as it was (packaging is rehearsed on a copy first), and says so.
 """
@@ -20,12 +21,19 @@ from toolkit.deploy.report import DeployReport, served_summary, write_report
 from toolkit.deploy.selection import VariantReport, select_variant
 from toolkit.devices import resolve_device
 from toolkit.errors import DlkitError
-from toolkit.files import sha256_file
 from toolkit.log import logger
 from toolkit.training.config import TrainConfig
 from toolkit.training.run import train
 from toolkit.variants.gate import Gate, GateStatus
-from toolkit.variants.registry import BASELINE, DEPLOY_CANDIDATES, get_variant
+from toolkit.variants.registry import (
+    BASELINE,
+    FALLBACK_FORMAT,
+    deploy_candidates,
+    file_variants,
+    fp32_variant,
+    get_variant,
+)
+from toolkit.variants.source import Source
 
 
 @dataclass
@@ -133,22 +141,18 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
         if learned is False:
             report.training["learned"] = False
     report.checkpoint = str(checkpoint)
-    folder = run_dir / "artifacts"
-    manifest = stages.Manifest(folder / "verified.json", sha256_file(checkpoint))
-    rows = [VariantReport.of(get_variant(n), config.device) for n in _candidates(config)]
+    source = Source.from_checkpoint(checkpoint, threads=config.threads)
+    rows = [VariantReport.of(get_variant(n), config.device) for n in _candidates(config, source)]
     baseline = VariantReport.of(get_variant(BASELINE), config.device)
     baseline.path, baseline.servable = str(checkpoint), False
     baseline.gate = Gate(GateStatus.BASELINE)
     baseline.size_bytes = checkpoint.stat().st_size
     baseline.weights_bytes = stages.weights_bytes(checkpoint, Format.CHECKPOINT)
 
-    with timer("export"):
-        stages.export_stage(checkpoint, folder, manifest, rows)
-    with timer("quantize"):
-        stages.quantize_stage(rows, manifest, config.max_accuracy_drop)
+    with timer("build"):
+        stored = stages.build_stage(source, rows, run_dir / "artifacts")
     with timer("accuracy"):
-        stages.accuracy_stage(checkpoint, rows, baseline, config.max_accuracy_drop)
-    manifest.save()
+        stages.accuracy_stage(source, rows, stored, baseline, config.max_accuracy_drop)
     for row in rows:
         row.verified = row.passed
         if row.path:
@@ -162,9 +166,9 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
         selected = select_variant(rows, config.objective)
         # The fallback need not be fast here, only right: on a GPU machine whose ONNX Runtime
         # has no CUDA provider it cannot be benchmarked, yet Triton's own backend can serve it.
-        fallback = next(r for r in rows if r.name == "onnx-fp32")
+        fallback = next(r for r in rows if r.name == fp32_variant(FALLBACK_FORMAT).name)
         if not fallback.verified:
-            raise DlkitError(f"the fp32 ONNX fallback did not pass: {fallback.gate}")
+            raise DlkitError(f"the fp32 {FALLBACK_FORMAT} fallback did not pass: {fallback.gate}")
     report.variants = [baseline, *rows]
     report.selected = selected
     report.speedup_vs_eager_fp32 = _speedup(selected, baseline, config.objective)
@@ -216,19 +220,23 @@ def _tune(config: DeployConfig, report: DeployReport) -> dict[str, Any]:
     return served_summary(tuned)
 
 
-def _candidates(config: DeployConfig) -> list[str]:
-    """The file variants to try: `--variants` (checked against what this device can package,
-    the fp32 ONNX fallback always included), or all of the device's candidates."""
-    allowed = DEPLOY_CANDIDATES[config.device]
+def _candidates(config: DeployConfig, source: Source | None = None) -> list[str]:
+    """The file variants to try: `--variants` (checked against what this device can run,
+    the fp32 fallback always included), or every format's candidates for this device, this
+    CPU and this model (`source`'s profile; without a source, for any model)."""
+    fallback = fp32_variant(FALLBACK_FORMAT).name
     if not config.variants:
-        return list(allowed)
+        profile = source.profile() if source else None
+        return list(dict.fromkeys([fallback, *deploy_candidates(config.device, profile)]))
     names = [get_variant(n).name for n in config.variants]
-    wrong = [n for n in names if n not in allowed]
+    found = file_variants()
+    wrong = [n for n in names if n not in found or config.device not in found[n].devices]
     if wrong:
+        allowed = [n for n, v in found.items() if config.device in v.devices]
         raise DlkitError(
             f"deploy on {config.device} can package {', '.join(allowed)}; not {', '.join(wrong)}"
         )
-    return list(dict.fromkeys(["onnx-fp32", *names]))
+    return list(dict.fromkeys([fallback, *names]))
 
 
 def _train(config: DeployConfig, run_dir: Path) -> tuple[Path, bool | None]:

@@ -1,20 +1,19 @@
 """The stages of `dlkit deploy`, each a function of typed inputs, each reusing the toolkit's own
-functions: export (parity gate), quantize and accuracy (`compare_with_baseline`), benchmark
+functions: build (every candidate made and verified once through the artifact store that
+`dlkit bench` shares), accuracy (the gate, decided from what the store measured), benchmark
 (the `dlkit bench` sweep), package (rehearsed on a copy first), smoke test (a real server).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from toolkit.artifacts import open_runner
+from toolkit.artifacts import open_runner, plugin
 from toolkit.artifacts.checkpoint import read_checkpoint_file
 from toolkit.bench.harness import MeasureConfig
 from toolkit.bench.run import Job, benchmark_jobs
@@ -23,137 +22,78 @@ from toolkit.data import load_split
 from toolkit.deploy.selection import VariantReport
 from toolkit.errors import DlkitError
 from toolkit.evaluate import predict_dataset
-from toolkit.files import sha256_file, write_json
-from toolkit.variants.export import export_checkpoint
-from toolkit.variants.gate import Gate, compare_with_baseline, serving_parity
-from toolkit.variants.quantize import default_output, quantize_artifact
+from toolkit.files import link_or_copy
+from toolkit.variants.gate import Gate, serving_parity
 from toolkit.variants.registry import BASELINE, get_variant
+from toolkit.variants.source import Source
+from toolkit.variants.store import StoredArtifact
+from toolkit.variants.verified import VariantSkipped, verdict, verified_artifact
+
+REPORTED = ("accuracy", "accuracy_drop_points", "drop_ci_points", "top1_agreement", "note")
 
 
-class Manifest:
-    """What was verified in an earlier run, keyed by the checkpoint's and each file's SHA-256,
-    so a rerun reuses artifacts instead of redoing them."""
-
-    def __init__(self, path: Path, checkpoint_hash: str):
-        self.path = path
-        self.checkpoint_hash = checkpoint_hash
-        try:
-            stored = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            stored = {}  # a damaged manifest only costs the reuse
-        same = isinstance(stored, dict) and stored.get("checkpoint") == checkpoint_hash
-        self.records: dict[str, dict[str, Any]] = stored.get("variants", {}) if same else {}
-
-    def reusable(self, name: str, **must_match: Any) -> dict[str, Any] | None:
-        record = self.records.get(name)
-        path = record and record.get("path")
-        if not path or not Path(path).is_file() or sha256_file(path) != record.get("sha256"):
-            return None
-        if any(record.get(k) != v for k, v in must_match.items()):
-            return None
-        return record
-
-    def put(self, name: str, record: dict[str, Any]) -> None:
-        path = record.get("path")
-        if path and Path(path).is_file():
-            record["sha256"] = sha256_file(path)
-        self.records[name] = record
-
-    def save(self) -> None:
-        write_json(self.path, {"checkpoint": self.checkpoint_hash, "variants": self.records})
+def place(stored: StoredArtifact, folder: Path, name: str) -> Path:
+    """The stored artifact's files in the run folder as `<variant><suffix>` (hard links where
+    the file system allows), so the run folder holds what its report names."""
+    fmt = plugin(get_variant(stored.variant).format)
+    target = folder / f"{name}{fmt.suffix}"
+    for source, destination in zip(stored.files, fmt.files(target), strict=True):
+        link_or_copy(source, destination)
+    return target
 
 
-def apply(variant: VariantReport, record: dict[str, Any], reused: bool = False) -> None:
-    """Copy what a stage (or an earlier run) recorded about a variant into its report row."""
-    fields = ("path", "accuracy", "accuracy_drop_points", "drop_ci_points", "top1_agreement")
-    for key in (*fields, "size_bytes", "note"):
-        if key in record:
-            setattr(variant, key, record[key])
-    if "gate" in record:
-        variant.gate = Gate.parse(record["gate"])
-    variant.reused = reused
-
-
-def export_stage(checkpoint: Path, folder: Path, manifest: Manifest, rows) -> None:
-    """Export the fp32 file of every file variant (reused when verified before)."""
-    fp32 = {r.name: r for r in rows if get_variant(r.name).quantize is None}
-    todo = []
-    for name, row in fp32.items():
-        record = manifest.reusable(name)
-        if record is not None:
-            apply(row, record, reused=True)
-        else:
-            todo.append(get_variant(name).format)
-    if not todo:
-        return
-    for result in export_checkpoint(checkpoint, folder, tuple(todo), force=True):
-        row = next(r for r in fp32.values() if get_variant(r.name).format == result.format)
-        record: dict[str, Any] = {"path": result.path, "parity": result.parity.to_dict()}
-        if result.kept:
-            record["size_bytes"] = Path(result.path).stat().st_size
-        else:
-            record |= {
-                "path": None,
-                "gate": str(Gate.failed(f"parity ({result.parity.summary()})")),
-            }
-        manifest.put(row.name, record)
-        apply(row, record)
-
-
-def quantize_stage(rows, manifest: Manifest, max_accuracy_drop: float) -> None:
-    """Quantize the fp32 ONNX file for every quantized variant; its accuracy gate decides."""
-    source = next((r for r in rows if r.name == "onnx-fp32"), None)
+def build_stage(source: Source, rows: list[VariantReport], folder: Path) -> dict:
+    """Make or find every candidate in the artifact store (parents first; a parent's failure
+    fails its children, naming it); returns the stored artifacts by variant."""
+    stored: dict[str, StoredArtifact] = {}
     for row in rows:
-        mode = get_variant(row.name).quantize
-        if mode is None:
+        try:
+            found = verified_artifact(get_variant(row.name), source)
+        except VariantSkipped as exc:
+            row.gate = Gate.failed(str(exc))
             continue
-        record = manifest.reusable(row.name, max_accuracy_drop=max_accuracy_drop)
-        if record is not None:
-            apply(row, record, reused=True)
-            continue
-        if source is None or source.path is None:
-            row.gate = Gate.failed("no fp32 ONNX to quantize")
-            continue
-        result = quantize_artifact(
-            source.path,
-            mode,
-            default_output(source.path, mode),
-            max_accuracy_drop=max_accuracy_drop,
-            force=True,
+        stored[row.name] = found
+        row.path = str(place(found, folder, row.name))
+        row.reused = found.reused
+        row.size_bytes = sum(f.stat().st_size for f in found.files)
+        details = found.record.get("details", {})
+        if details.get("calibration"):
+            row.note = f"calibrated on {details['calibration']}"
+    return stored
+
+
+def accuracy_stage(
+    source: Source, rows, stored: dict, baseline: VariantReport, max_drop: float
+) -> None:
+    """The eager model's accuracy, then every built variant's gate for `max_drop` from what
+    the store measured (parity for fp32 variants, answers on the validation split)."""
+    answers = source.reference_answers()
+    if answers is None:
+        raise DlkitError(
+            f"no validation data in {source.info.source.describe()}: deploy measures every "
+            "variant's accuracy before it packages one"
         )
-        c = result.comparison
-        record = c.to_dict() | {
-            "path": result.path if result.passed else None,
-            "size_bytes": result.size_bytes,
-            "max_accuracy_drop": max_accuracy_drop,
-        }
-        manifest.put(row.name, record)
-        apply(row, record)
-
-
-def accuracy_stage(checkpoint: Path, rows, baseline: VariantReport, max_drop: float) -> None:
-    """Accuracy of eager fp32 and of the exported fp32 files on the validation split, each
-    compared with the eager model (`compare_with_baseline`); the quantized files were measured
-    and gated by `quantize_artifact` against the fp32 ONNX on the same split."""
-    eager = open_runner(checkpoint)
-    val, _ = load_split(eager.info.source, eager.info.preprocessing, "val")
-    reference, labels = predict_dataset(eager, val)
-    baseline.accuracy = float((reference.argmax(1) == labels).mean())
+    predicted, labels = answers
+    baseline.accuracy = float((predicted == labels).mean())
     baseline.accuracy_drop_points, baseline.top1_agreement = 0.0, 1.0
     for row in rows:
-        if get_variant(row.name).quantize is not None or row.path is None:
+        if row.name not in stored:
             continue
-        logits, _ = predict_dataset(open_runner(row.path), val)
-        c = compare_with_baseline(logits, reference, labels, max_drop).to_dict()
-        keys = ("accuracy", "accuracy_drop_points", "drop_ci_points", "top1_agreement", "gate")
-        apply(row, {k: c[k] for k in (*keys, "note")}, reused=row.reused)
+        found = verdict(stored[row.name], source, max_drop)
+        row.gate = found["gate"]
+        for key in REPORTED:
+            if key in found and found[key] not in (None, ""):
+                value = found[key]
+                if key == "note" and row.note:
+                    value = f"{row.note}; {value}"
+                setattr(row, key, value)
 
 
 def weights_bytes(path: str | os.PathLike, fmt: str) -> int:
     """The bytes of a model's weights: a checkpoint's model_state (not its optimizer state),
     or the whole file for exported formats (they hold little besides the weights)."""
     if fmt != Format.CHECKPOINT:
-        return Path(path).stat().st_size
+        return sum(f.stat().st_size for f in plugin(fmt).files(path))
     state = read_checkpoint_file(path)["model_state"]
     return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
 

@@ -14,8 +14,9 @@ import torch
 from toolkit import __version__
 from toolkit.artifacts.checkpoint import Checkpoint, load_checkpoint, read_state_dict
 from toolkit.artifacts.metadata import ArtifactInfo, check_class_names
+from toolkit.cpu import cpu_info, native_bf16
 from toolkit.data import Splits, dataset_labels, load_splits
-from toolkit.devices import cpu_info, native_bf16, resolve_device, usable_cores
+from toolkit.devices import resolve_device, usable_cores
 from toolkit.errors import DlkitError
 from toolkit.log import logger
 from toolkit.training.config import TrainConfig

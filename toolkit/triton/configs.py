@@ -15,9 +15,10 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from toolkit.artifacts.format_plugin import FormatPlugin, Tensor
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
-from toolkit.artifacts.onnx import load_model_proto
-from toolkit.choices import Backend, Format, InstanceKind
+from toolkit.artifacts.registry import plugins
+from toolkit.choices import Accelerator, Backend, InstanceKind
 from toolkit.errors import DlkitError
 from toolkit.files import write_text
 from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
@@ -33,20 +34,9 @@ MAX_BATCH_SIZE = 65536
 CONFIG_FILE, LABELS_FILE = "config.pbtxt", "labels.txt"
 INFO_PARAMETER = "dlkit"  # config parameter holding the artifact's ArtifactInfo JSON
 IMAGE_INPUT = "IMAGE"  # the preprocessing ensemble's input: encoded image bytes
-MODEL_FILES = {Format.ONNX: "model.onnx", Format.TORCHSCRIPT: "model.pt"}
-THREAD_PARAMETERS = ("intra_op_thread_count", "INTRA_OP_THREAD_COUNT")  # python/ORT, LibTorch
-INTER_OP_PARAMETERS = ("inter_op_thread_count", "INTER_OP_THREAD_COUNT")
-
-_ONNX_DTYPES = {
-    1: "TYPE_FP32",
-    10: "TYPE_FP16",
-    16: "TYPE_BF16",
-    11: "TYPE_FP64",
-    3: "TYPE_INT8",
-    2: "TYPE_UINT8",
-    7: "TYPE_INT64",
-}
-_INFO_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}
+PYTHON_THREADS = ("intra_op_thread_count", "inter_op_thread_count")  # dlkit's python backend
+# Execution accelerators a native backend can be given (`optimization` in the config).
+ACCELERATORS = {Accelerator.OPENVINO: "cpu"}
 
 
 @dataclass(frozen=True)
@@ -62,9 +52,16 @@ class ServingOptions:
     kind: InstanceKind = InstanceKind.AUTO
     threads: int = 0
     inter_op_threads: int = 1
+    accelerator: str = ""  # a native backend's execution accelerator (`ACCELERATORS`)
 
     def __post_init__(self) -> None:
         InstanceKind.parse(self.kind, "instance kind")
+        if self.accelerator == Accelerator.NONE:
+            object.__setattr__(self, "accelerator", "")
+        if self.accelerator and self.accelerator not in ACCELERATORS:
+            raise DlkitError(
+                f"unknown accelerator {self.accelerator!r}; choose from {', '.join(ACCELERATORS)}"
+            )
         checks = [
             ("--instances", self.instances, 1, MAX_INSTANCES),
             ("--threads", self.threads, 0, MAX_THREADS),
@@ -90,14 +87,20 @@ class ServingOptions:
             "kind": str(self.kind),
             "threads": self.threads,
             "inter_op_threads": self.inter_op_threads,
+            "accelerator": str(self.accelerator),
         }
 
 
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    dtype: str  # a Triton TYPE_* name
-    dims: tuple[int, ...]  # without the batch dimension when the model batches
+def thread_parameters() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every config key that holds intra-op and inter-op thread counts: the python backend's
+    and each format's native backend's."""
+    intra, inter = [PYTHON_THREADS[0]], [PYTHON_THREADS[1]]
+    for plugin in plugins():
+        if plugin.triton is not None:
+            keys = plugin.thread_parameters()
+            intra.append(keys[0])
+            inter.append(keys[1])
+    return tuple(dict.fromkeys(filter(None, intra))), tuple(dict.fromkeys(filter(None, inter)))
 
 
 # --------------------------------------------------------------------------------- reading
@@ -135,71 +138,6 @@ def config_info(config: mc.ModelConfig) -> ArtifactInfo | None:
     return parse_info(param.string_value, f"model {config.name}") if param else None
 
 
-def io_tensors(path: Path, fmt: Format, info: ArtifactInfo, backend: str) -> tuple[Tensor, Tensor]:
-    """Input and output as the model file declares them. ONNX graphs are read; TorchScript has
-    no named signature, so its shapes come from the metadata and its names follow the native
-    PyTorch backend's `INPUT__0`/`OUTPUT__0` convention."""
-    if fmt == Format.TORCHSCRIPT:
-        dtype = _INFO_DTYPES.get(info.input_dtype, "TYPE_FP32")
-        shape = info.preprocessing.input_shape
-        if info.static_batch is not None and not 1 <= info.static_batch <= MAX_BATCH_SIZE:
-            raise DlkitError(f"{path}: its metadata gives a fixed batch of {info.static_batch}")
-        if info.static_batch:
-            dims_in, dims_out = (info.static_batch, *shape), (info.static_batch, info.num_classes)
-        else:
-            dims_in, dims_out = shape, (info.num_classes,)
-        names = ("INPUT__0", "OUTPUT__0") if backend == Backend.NATIVE else ("input", "logits")
-        return Tensor(names[0], dtype, dims_in), Tensor(names[1], "TYPE_FP32", dims_out)
-    graph = load_model_proto(path).graph
-    _refuse_external_data(path, graph)
-    initializers = {i.name for i in graph.initializer}
-    inputs = [v for v in graph.input if v.name not in initializers]
-    if len(inputs) != 1 or len(graph.output) != 1:
-        raise DlkitError(
-            f"{path}: expected one input and one output, found {len(inputs)} and "
-            f"{len(graph.output)}; export it with `dlkit export`"
-        )
-
-    def tensor(value) -> Tensor:
-        t = value.type.tensor_type
-        dtype = _ONNX_DTYPES.get(t.elem_type)
-        if dtype is None:
-            raise DlkitError(f"{path}: tensor {value.name} has an unsupported type {t.elem_type}")
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-        return Tensor(value.name, dtype, dims)
-
-    tin, tout = tensor(inputs[0]), tensor(graph.output[0])
-    if tin.dims and tin.dims[0] == -1:  # a dynamic batch dimension: Triton owns it
-        tin, tout = (
-            Tensor(tin.name, tin.dtype, tin.dims[1:]),
-            Tensor(tout.name, tout.dtype, tout.dims[1:]),
-        )
-    if any(d < 1 for d in tin.dims + tout.dims):
-        raise DlkitError(f"{path}: only the batch dimension may be dynamic; got {tin.dims}")
-    if tout.dims[-1:] != (info.num_classes,):
-        raise DlkitError(
-            f"{path}: the model answers {tout.dims} outputs but its metadata lists "
-            f"{info.num_classes} classes"
-        )
-    return tin, tout
-
-
-def _refuse_external_data(path: Path, graph) -> None:
-    """Triton gets `model.onnx` alone: weights kept in other files (ONNX external data)
-    would be missing there, or, named with a path, read from anywhere on the server."""
-    tensors = [*graph.initializer]
-    for node in graph.node:
-        for attribute in node.attribute:
-            tensors += [attribute.t, *attribute.tensors]
-    external = [t.name for t in tensors if t.data_location == t.EXTERNAL]
-    if external:
-        raise DlkitError(
-            f"{path} keeps {len(external)} tensor(s) in separate files (ONNX external data, "
-            f"e.g. {external[0]!r}); Triton would get model.onnx alone. Export it as one file "
-            "(`dlkit export`, or onnx.save(model, path, save_as_external_data=False))"
-        )
-
-
 # -------------------------------------------------------------------------------- building
 
 
@@ -210,39 +148,36 @@ def _parameters(config: mc.ModelConfig, values: dict[str, Any]) -> None:
 
 def classifier_config(
     name: str,
-    fmt: Format,
+    plugin: FormatPlugin,
     info: ArtifactInfo,
     tensors: tuple[Tensor, Tensor],
     backend: Backend,
     options: ServingOptions,
     max_batch_size: int,
 ) -> mc.ModelConfig:
-    """The classifier's config: native ONNX Runtime / LibTorch, or the python backend."""
+    """The classifier's config: the format's native backend (NGC image), or the python
+    backend running the format's stub runner (the pip-installed server)."""
     tin, tout = tensors
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
-    threads = {
-        "intra_op_thread_count": options.threads,
-        "inter_op_thread_count": options.inter_op_threads,
-    }
+    native = plugin.triton
     if backend == Backend.PYTHON:
         config.backend = "python"
-        files = {"artifact_format": fmt, "artifact_file": MODEL_FILES[fmt]}
-        _parameters(config, files | threads)
-    elif fmt == Format.ONNX:
-        config.platform = "onnxruntime_onnx"
-        _parameters(config, threads)  # ONNX Runtime backend parameters; 0: every core
-    else:
-        config.platform = "pytorch_libtorch"
-        _parameters(
-            config,
-            {
-                "INFERENCE_MODE": "true",
-                "INTRA_OP_THREAD_COUNT": options.threads,
-                "INTER_OP_THREAD_COUNT": options.inter_op_threads,
-            },
+        files = {"artifact_format": plugin.name, "artifact_file": native.model_file}
+        threads = dict(
+            zip(PYTHON_THREADS, (options.threads, options.inter_op_threads), strict=True)
         )
-    if backend == Backend.NATIVE:
-        config.default_model_filename = MODEL_FILES[fmt]
+        _parameters(config, files | threads | plugin.stub_parameters(info))
+    else:
+        config.platform, config.backend = native.platform, native.backend
+        config.default_model_filename = native.model_file
+        _parameters(
+            config, plugin.triton_parameters(options.threads, options.inter_op_threads, info)
+        )
+        if options.accelerator and options.accelerator not in plugin.accelerators:
+            raise DlkitError(
+                f"--accelerator {options.accelerator} does not apply to {plugin.name} models on "
+                f"Triton's {native.server_backend} backend"
+            )
     config.input.add(name=tin.name, data_type=mc.DataType.Value(tin.dtype), dims=tin.dims)
     config.output.add(
         name=tout.name,
@@ -277,12 +212,35 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
         batching.max_queue_delay_microseconds = options.max_queue_delay_us
         sizes = [b for b in options.preferred_batch_sizes if b <= config.max_batch_size]
         batching.preferred_batch_size.extend(sizes)
-    values = {key: options.threads for key in THREAD_PARAMETERS}
-    values |= {key: options.inter_op_threads for key in INTER_OP_PARAMETERS}
+    intra, inter = thread_parameters()
+    values = {key: options.threads for key in intra}
+    values |= {key: options.inter_op_threads for key in inter}
     for key, value in values.items():
         if key in config.parameters:
             config.parameters[key].string_value = str(value)
+    _set_accelerator(config, options.accelerator)
     return config
+
+
+def _set_accelerator(config: mc.ModelConfig, name: str) -> None:
+    """`optimization { execution_accelerators { cpu_execution_accelerator { name } } }` on a
+    native ONNX model (Triton's onnxruntime backend starts that execution provider)."""
+    accelerators = config.optimization.execution_accelerators
+    del accelerators.cpu_execution_accelerator[:]
+    if name:
+        if config.backend == "python":
+            raise DlkitError("--accelerator applies to Triton's native onnxruntime backend")
+        accelerators.cpu_execution_accelerator.add(name=name)
+    if not accelerators.cpu_execution_accelerator and not accelerators.gpu_execution_accelerator:
+        config.optimization.ClearField("execution_accelerators")
+    if not config.optimization.ListFields():
+        config.ClearField("optimization")
+
+
+def accelerator(config: mc.ModelConfig) -> str:
+    """The CPU execution accelerator a config names, or ""."""
+    found = config.optimization.execution_accelerators.cpu_execution_accelerator
+    return found[0].name if found else ""
 
 
 def parameter(config: mc.ModelConfig, *keys: str) -> str:
@@ -297,8 +255,9 @@ def serving_options(config: mc.ModelConfig) -> ServingOptions:
     group = config.instance_group[0] if config.instance_group else mc.ModelInstanceGroup()
     kinds = {value: kind for kind, value in KINDS.items()}
     batching = config.dynamic_batching
-    threads = parameter(config, *THREAD_PARAMETERS) or "0"
-    inter = parameter(config, *INTER_OP_PARAMETERS) or "1"
+    intra_keys, inter_keys = thread_parameters()
+    threads = parameter(config, *intra_keys) or "0"
+    inter = parameter(config, *inter_keys) or "1"
     on = config.HasField("dynamic_batching")
     try:
         return ServingOptions(
@@ -312,6 +271,7 @@ def serving_options(config: mc.ModelConfig) -> ServingOptions:
             kind=kinds.get(group.kind, InstanceKind.AUTO),
             threads=int(threads),
             inter_op_threads=int(inter),
+            accelerator=accelerator(config),
         )
     except ValueError:
         raise DlkitError(

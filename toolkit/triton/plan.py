@@ -38,6 +38,7 @@ DEFAULT_MODEL_FILES = {
     "tensorrt": "model.plan",
     "tensorflow_savedmodel": "model.savedmodel",
     "tensorflow_graphdef": "model.graphdef",
+    "openvino": "model.xml",
 }
 MAX_TRITON_VERSION = 2**63 - 1
 _LEADING_DIGITS = re.compile(r"[0-9]+")

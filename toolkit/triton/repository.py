@@ -8,7 +8,8 @@ the repository's lock file, so concurrent `dlkit package` runs take turns.
 
 Layout for an artifact packaged as NAME (with `--preprocess`):
 
-    NAME/config.pbtxt, NAME/labels.txt, NAME/<version>/model.onnx|model.pt[, model.py]
+    NAME/config.pbtxt, NAME/labels.txt, NAME/<version>/ the artifact's files (model.onnx,
+        model.pt, model.xml + model.bin, ...) [+ model.py and runner.py for the python backend]
     NAME_preprocess/   python backend: encoded image bytes -> the artifact's input tensor
     NAME_ensemble/     NAME_preprocess then NAME: image files in, logits (and top-k labels) out
 """
@@ -29,30 +30,27 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.artifacts import detect_format, read_info
+from toolkit.artifacts import detect_format, plugin, read_info
 from toolkit.artifacts.metadata import ArtifactInfo
-from toolkit.artifacts.torchscript import check_forward
-from toolkit.choices import Backend, Format
+from toolkit.choices import Backend
 from toolkit.errors import DlkitError
-from toolkit.files import atomic_path, write_text
+from toolkit.files import atomic_path, process_running, write_text
 from toolkit.triton.configs import (
     CONFIG_FILE,
     DEFAULT_MAX_BATCH_SIZE,
     LABELS_FILE,
-    MODEL_FILES,
     ServingOptions,
     classifier_config,
     config_info,
     ensemble_config,
-    io_tensors,
     parameter,
     preprocess_config,
     read_config,
     serving_options,
     write_config,
 )
+from toolkit.triton.version_files import BACKEND_SOURCES, version_files
 
-BACKEND_SOURCES = Path(__file__).parent / "backend"
 MAX_VERSION = 2**31 - 1  # Triton parses version folders as int64; keep well inside
 MAX_NAME = 128
 PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX = "_preprocess", "_ensemble"
@@ -98,9 +96,8 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 def default_name(artifact: str | os.PathLike) -> str:
-    """`runs/digits/best.onnx` -> `best`; `best.torchscript.pt` -> `best`."""
-    name = Path(artifact).name.removesuffix(".torchscript.pt").removesuffix(".onnx")
-    name = name.removesuffix(".pt")
+    """`runs/digits/best.onnx` -> `best`; `best.torchscript.pt`, `best.openvino.xml` -> `best`."""
+    name = plugin(detect_format(artifact)).stem(artifact)
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:MAX_NAME] or "model"
 
 
@@ -194,7 +191,7 @@ def _write_model(
     repo: Path,
     config: mc.ModelConfig,
     version: int,
-    files: dict[str, Path],
+    files: dict[str, Path | bytes],
     info: ArtifactInfo,
     labels: bool = True,
     replace: bool = False,
@@ -211,7 +208,10 @@ def _write_model(
     def fill(version_dir: Path) -> None:
         version_dir.mkdir(parents=True)
         for target, source in files.items():
-            shutil.copyfile(source, version_dir / target)
+            if isinstance(source, bytes):
+                (version_dir / target).write_bytes(source)
+            else:
+                shutil.copyfile(source, version_dir / target)
 
     def finish(folder: Path) -> None:
         if labels:
@@ -260,23 +260,13 @@ def repository_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]
         yield
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's, or not a pid: leave it alone
-    return True
-
-
 def _remove_leftovers(repo: Path) -> None:
     """Remove the temporary folders and files (`.NAME.tmp-PID`, from `atomic_path`) that a
     writer killed mid-write left in the repository; only those of processes that are gone."""
     folders = [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]
     for leftover in (p for folder in folders for p in folder.glob(".*.tmp-*")):
         pid = leftover.name.rpartition(".tmp-")[2]
-        if pid.isdecimal() and not _running(int(pid)):
+        if pid.isdecimal() and not process_running(int(pid)):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -290,8 +280,9 @@ def package_artifact(
     version: int | None = None,
     options: PackageOptions | None = None,
 ) -> PackageResult:
-    """Add `artifact` (dlkit ONNX or TorchScript) to the model repository `repo` as a new
-    version of model `name` (default: the artifact's file stem); returns what was written.
+    """Add `artifact` (any dlkit artifact Triton serves: ONNX, TorchScript, OpenVINO IR, ...)
+    to the model repository `repo` as a new version of model `name` (default: the artifact's
+    file stem); returns what was written.
 
     Raises DlkitError for a checkpoint (export it first), an existing version, a model whose
     config the new version does not fit (or would change, unless `options.replace_config`),
@@ -300,25 +291,22 @@ def package_artifact(
     options = options or PackageOptions()
     backend = Backend.parse(options.backend, "backend")
     path, repo = Path(artifact), Path(repo)
-    fmt = detect_format(path)
-    if fmt not in MODEL_FILES:
+    fmt = plugin(detect_format(path))
+    if fmt.triton is None:
         raise DlkitError(
-            f"{path} is a {fmt}; Triton serves exported models. Run "
-            f"`dlkit export {path}` and package the .onnx or .torchscript.pt"
+            f"{path} is a {fmt.name}; Triton serves exported models. Run "
+            f"`dlkit export {path}` and package what it writes"
         )
     info = read_info(path)
     name = name or default_name(path)
     check_name(name, PREPROCESS_SUFFIX if options.preprocess else "")
-    tensors = io_tensors(path, fmt, info, backend)
-    if fmt == Format.TORCHSCRIPT:
-        check_forward(path, info, options.trust)  # Triton will run this file
+    tensors = fmt.io_tensors(path, info, native=backend == Backend.NATIVE)
+    fmt.check_before_serving(path, info, options.trust)
     max_batch_size = _max_batch_size(path, tensors, info, options)
     if version is not None and not 1 <= version <= MAX_VERSION:
         raise DlkitError(f"--version must be a whole number from 1 to {MAX_VERSION}")
     config = classifier_config(name, fmt, info, tensors, backend, options.serving, max_batch_size)
-    files = {MODEL_FILES[fmt]: path}
-    if backend == Backend.PYTHON:
-        files["model.py"] = BACKEND_SOURCES / "classifier.py"
+    files = version_files(fmt, path, backend)
     with repository_lock(repo):
         if version is None:
             version = max(existing_versions(repo / name), default=0) + 1

@@ -6,16 +6,19 @@ and `dlkit bench` work against a server exactly as against a file.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from toolkit.artifacts.format_plugin import FormatPlugin
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.artifacts.runner import Runner
 from toolkit.choices import Format
 from toolkit.errors import DlkitError
-from toolkit.triton.client import TritonClient
-from toolkit.triton.endpoints import parse_urls
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# This module is the served format's plugin: the registry imports it to list the formats, so
+# tritonclient (which the GPU machine lacks) is imported only when a URL is really used.
 
 
 class TritonRunner(Runner):
@@ -25,6 +28,9 @@ class TritonRunner(Runner):
     name = "triton"
 
     def __init__(self, url: str, device: str = "cpu", model: str | None = None, **options: Any):
+        from toolkit.triton.client import TritonClient
+        from toolkit.triton.endpoints import parse_urls
+
         endpoints = parse_urls(url)
         self.model_name = model or endpoints[0].model
         if not self.model_name:
@@ -41,16 +47,28 @@ class TritonRunner(Runner):
         return self.client.infer(self.model_name, batch)
 
 
-class Handler:
-    suffix = ""
-    format = Format.SERVED
+class ServedPlugin(FormatPlugin):
+    """A model behind a Triton endpoint, reached by `grpc://` or `http://` URL."""
+
+    name = Format.SERVED
 
     def read_info(self, url: str) -> ArtifactInfo:
+        from toolkit.triton.client import TritonClient
+        from toolkit.triton.endpoints import parse_urls
+
         endpoints = parse_urls(url)
         if not endpoints[0].model:
             raise DlkitError(f"no model in {url!r}; use {endpoints[0].url}/MODEL_NAME")
         with TritonClient([e.url for e in endpoints]) as client:
             return client.info(endpoints[0].model)
 
-    def open_runner(self, url: str, device: str = "cpu", **options: Any) -> Runner:
+    def open_runner(
+        self, url: str, device: str = "cpu", objective: str | None = None, **options: Any
+    ) -> Runner:
         return TritonRunner(url, device=device, **options)
+
+    def unavailable(self, device: str) -> str:
+        return ""
+
+
+PLUGIN = ServedPlugin()

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.artifacts import detect_format, read_info
+from toolkit.artifacts import detect_format, plugin, plugins, read_info
 from toolkit.artifacts.metadata import ArtifactInfo
-from toolkit.choices import Backend, Format
+from toolkit.choices import Backend
 from toolkit.errors import DlkitError
 from toolkit.files import link_tree
-from toolkit.triton.configs import CONFIG_FILE, LABELS_FILE, MODEL_FILES, read_config
+from toolkit.triton.configs import CONFIG_FILE, LABELS_FILE, parameter, read_config
 from toolkit.triton.plan import PLATFORM_BACKENDS
 from toolkit.triton.repository import (
     PackageOptions,
@@ -30,8 +30,6 @@ from toolkit.triton.repository import (
     package_artifact,
 )
 from toolkit.triton.server import ServerBinary
-
-NATIVE_BACKENDS = {Format.ONNX: "onnxruntime", Format.TORCHSCRIPT: "pytorch"}
 
 
 @dataclass
@@ -54,11 +52,11 @@ def from_artifacts(paths: list[str | os.PathLike]) -> list[Candidate]:
         if path.is_dir():
             candidates += from_run_folder(path)
             continue
-        fmt = detect_format(path)
-        if fmt not in MODEL_FILES:
+        fmt = plugin(detect_format(path))
+        if fmt.triton is None:
             raise DlkitError(
-                f"{path} is a {fmt}; Triton serves exported models. Run `dlkit export {path}` "
-                "and tune the .onnx or .torchscript.pt"
+                f"{path} is a {fmt.name}; Triton serves exported models. Run `dlkit export "
+                f"{path}` and tune what it writes"
             )
         candidates.append(Candidate(default_name(path), path, read_info(path)))
     names = [c.variant for c in candidates]
@@ -109,9 +107,11 @@ def from_repository(repo: str | os.PathLike, name: str) -> Candidate:
         raise DlkitError(f"no model {name!r} in {repo}; it holds {held or 'no models'}")
     config = read_config(model_dir / CONFIG_FILE)
     folder = model_dir / str(versions[-1])
-    files = [folder / f for f in MODEL_FILES.values() if (folder / f).is_file()]
+    named = config.default_model_filename or parameter(config, "artifact_file")
+    known = [p.triton.model_file for p in plugins() if p.triton is not None]
+    files = [folder / f for f in ([named] if named else known) if (folder / f).is_file()]
     if not files:
-        raise DlkitError(f"{folder} holds no model.onnx or model.pt that dlkit packaged")
+        raise DlkitError(f"{folder} holds no model file that dlkit packaged")
     backend = Backend.PYTHON if config.backend == "python" else Backend.NATIVE
     return Candidate(name, files[0], read_info(files[0]), backend, name, config)
 
@@ -138,8 +138,8 @@ def stage(candidates: list[Candidate], scratch: Path, binary: ServerBinary, repo
             version = candidate.artifact.parent.name
             link_tree(source / version, target / version)
             continue
-        fmt = detect_format(candidate.artifact)
-        native = NATIVE_BACKENDS[fmt] in binary.backends()
+        fmt = plugin(detect_format(candidate.artifact))
+        native = fmt.triton.server_backend in binary.backends()
         candidate.backend = Backend.NATIVE if native else Backend.PYTHON
         candidate.model = f"t{i}_{candidate.variant}"[:100]
         options = PackageOptions(backend=candidate.backend)

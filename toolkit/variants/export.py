@@ -1,28 +1,34 @@
 """Export to every exportable format, each proved against eager PyTorch before it is kept.
 
-An artifact is written to a temporary file beside its target by its format's Handler, opened
-through its runner, compared with the eager model on real samples (the checkpoint's validation
-images when they are available) at batch sizes 1 and 7, and renamed into place only if every
-output element agrees.
+A format's export is the fp32 variant its plugin offers, made through its lineage (OpenVINO's
+IR from an fp32 ONNX export, made on the way in a temporary folder unless ONNX is exported too).
+Each artifact is written to a temporary folder beside its target, opened through its runner,
+compared with the eager model on real samples (the checkpoint's validation images when they
+are available) at batch sizes 1 and 7, and its files renamed into place only if every output
+element agrees.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from toolkit import __version__
-from toolkit.artifacts import handler, open_runner
+from toolkit.artifacts import open_runner, plugin, plugins
 from toolkit.artifacts.checkpoint import EagerRunner, check_outputs, load_model
+from toolkit.artifacts.format_plugin import FileVariant
 from toolkit.artifacts.metadata import ArtifactInfo
-from toolkit.choices import Format
+from toolkit.choices import Format, Precision
 from toolkit.errors import DlkitError
-from toolkit.files import atomic_path, sha256_file
+from toolkit.files import sha256_file
 from toolkit.variants.parity import (
     FP32_ATOL,
     FP32_RTOL,
@@ -31,15 +37,16 @@ from toolkit.variants.parity import (
     parity_batches,
     verify_parity,
 )
+from toolkit.variants.registry import fp32_variant, lineage
 
-EXPORT_FORMATS = (Format.ONNX, Format.TORCHSCRIPT)
+EXPORT_FORMATS = (Format.ONNX, Format.TORCHSCRIPT)  # what `dlkit export` writes by default
 
 
 @dataclass
 class ExportResult:
     """One format's outcome: where it went, its parity, and whether it was kept."""
 
-    format: Format
+    format: str
     path: str
     parity: ParityReport
     kept: bool
@@ -55,14 +62,32 @@ class ExportResult:
         }
 
 
-class _ParityFailed(Exception):
-    def __init__(self, report: ParityReport):
-        self.report = report
+@dataclass
+class ExportContext:
+    """What an export's `make` functions get (a `format_plugin.BuildContext`)."""
+
+    model: nn.Module
+    batch: np.ndarray
+    export_options: dict[str, dict[str, Any]]
+    calibrated_on: str = ""
+
+    def example(self) -> torch.Tensor:
+        return torch.from_numpy(self.batch)
+
+    def options(self, fmt: str) -> dict[str, Any]:
+        return self.export_options.get(fmt, {})
+
+    def calibration(self) -> np.ndarray:
+        raise DlkitError("an fp32 export needs no calibration")
 
 
-def artifact_path(out_dir: str | os.PathLike, stem: str, fmt: Format) -> Path:
-    """`out_dir/<stem>.onnx`, `out_dir/<stem>.torchscript.pt`, …"""
-    return Path(out_dir) / f"{stem}{handler(fmt).suffix}"
+def exportable_formats() -> list[str]:
+    return [p.name for p in plugins() if p.exportable]
+
+
+def artifact_path(out_dir: str | os.PathLike, stem: str, fmt: str) -> Path:
+    """`out_dir/<stem>.onnx`, `out_dir/<stem>.torchscript.pt`, `<stem>.openvino.xml`, …"""
+    return Path(out_dir) / f"{stem}{plugin(fmt).suffix}"
 
 
 def export_model(
@@ -78,41 +103,89 @@ def export_model(
     force: bool = False,
 ) -> list[ExportResult]:
     """Export `model` to each format, verify parity, keep only what passes."""
-    if not formats or any(f not in EXPORT_FORMATS for f in formats):
-        raise DlkitError(f"choose formats from {', '.join(EXPORT_FORMATS)}, got {list(formats)}")
+    allowed = exportable_formats()
+    if not formats or any(f not in allowed for f in formats):
+        raise DlkitError(f"choose formats from {', '.join(allowed)}, got {list(formats)}")
     check_outputs(model, info, info.model.name)
-    targets = {Format(f): artifact_path(out_dir, stem, Format(f)) for f in formats}
+    targets = {f: artifact_path(out_dir, stem, f) for f in dict.fromkeys(formats)}
     for target in targets.values():
         if target.exists() and not force:
             raise DlkitError(f"{target} exists; pass --force to replace it")
     model = model.eval().float()
     sizes = (static_batch,) if static_batch else PARITY_BATCH_SIZES
     batches, kind = parity_batches(info, sizes)
-    example = torch.from_numpy(batches[-1][:2] if not static_batch else batches[0])
+    example = batches[-1][:2] if not static_batch else batches[0]
     if len(example) < 2 and not static_batch:
-        example = example.repeat(2, 1, 1, 1)  # a batch of at least 2 keeps the dimension dynamic
-    reference = EagerRunner(model=model, info=info)
-    results = []
-    for fmt, target in targets.items():
-        artifact_info = info.derive(format=fmt, static_batch=static_batch)
-        options = {"static_batch": static_batch} if fmt == Format.ONNX else {}
-        if fmt == Format.ONNX and opset is not None:
-            options["opset"] = opset
-        details: dict[str, Any] = {}
+        example = np.repeat(example, 2, axis=0)  # a batch of at least 2 keeps it dynamic
+    onnx_options = {"static_batch": static_batch} | ({"opset": opset} if opset else {})
+    context = ExportContext(model, example, {Format.ONNX: onnx_options})
+    check = ParityCheck(EagerRunner(model=model, info=info), batches, atol, rtol, kind)
+    info = info.derive(static_batch=static_batch, precision=Precision.FP32)
+    results: list[ExportResult] = []
+    made: dict[
+        str, Path
+    ] = {}  # variant -> a file of it (a kept export, or a parent made on the way)
+    with tempfile.TemporaryDirectory(prefix="dlkit-export-") as work:
+        for fmt in sorted(targets, key=lambda f: len(lineage(fp32_variant(f).name))):
+            *parents, variant = lineage(fp32_variant(fmt).name)
+            for parent in parents:
+                if parent.name not in made:
+                    made[parent.name] = _make(parent, made, info, context, Path(work))[0]
+            result = _export_one(variant, targets[fmt], made, info, context, check)
+            if result.kept:
+                made[variant.name] = targets[fmt]
+            results.append(result)
+    order = list(targets)
+    return sorted(results, key=lambda r: order.index(r.format))
+
+
+def _make(variant: FileVariant, made, info: ArtifactInfo, context, folder: Path):
+    """Write `variant` (its parent already in `made`) into `folder`; its main file and what
+    its make reported (the opset, the TorchScript method, ...)."""
+    target = folder / variant.name / f"model{plugin(variant.format).suffix}"
+    target.parent.mkdir(parents=True)
+    parent = made[variant.parent] if variant.parent else None
+    return target, variant.make(target, parent, info.derive(format=variant.format), context)
+
+
+@dataclass
+class ParityCheck:
+    """What an export is checked against: the eager model on these batches."""
+
+    reference: EagerRunner
+    batches: list[np.ndarray]
+    atol: float
+    rtol: float
+    kind: str
+
+
+def _export_one(variant: FileVariant, target: Path, made, info, context, check) -> ExportResult:
+    """Make `variant` in a folder beside `target`, check it against the eager model, and move
+    its files into place only if it passes (companions first, so a main file in place always
+    has them). The staging folder is removed either way."""
+    fmt = plugin(variant.format)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    try:
         try:
-            with atomic_path(target) as tmp:
-                details |= handler(fmt).export(model, artifact_info, tmp, example, **options)
-                candidate = open_runner(tmp, trust=True)  # made just now from this model
-                report = verify_parity(reference, candidate, batches, atol, rtol, kind)
-                if not report.passed:
-                    raise _ParityFailed(report)
-            details["size_bytes"] = target.stat().st_size
-            results.append(ExportResult(fmt, str(target), report, kept=True, details=details))
-        except _ParityFailed as failed:
-            results.append(
-                ExportResult(fmt, str(target), failed.report, kept=False, details=details)
-            )
-    return results
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DlkitError(f"cannot create folder {target.parent}: {exc.strerror}") from exc
+        if not os.access(target.parent, os.W_OK):
+            raise DlkitError(f"folder {target.parent} is not writable; choose another output path")
+        staging.mkdir()
+        staged, details = _make(variant, made, info, context, staging)
+        candidate = open_runner(staged, trust=True)  # made just now from this model
+        report = verify_parity(
+            check.reference, candidate, check.batches, check.atol, check.rtol, check.kind
+        )
+        if report.passed:
+            pairs = list(zip(fmt.files(staged), fmt.files(target), strict=True))
+            for source, destination in reversed(pairs):
+                os.replace(source, destination)
+            details["size_bytes"] = sum(p.stat().st_size for p in fmt.files(target))
+        return ExportResult(variant.format, str(target), report, report.passed, details)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_checkpoint(
@@ -122,7 +195,8 @@ def export_checkpoint(
     **options: Any,
 ) -> list[ExportResult]:
     """Export a dlkit checkpoint; artifacts go beside it (or to `out_dir`) as
-    `<stem>.onnx` and `<stem>.torchscript.pt`, carrying its metadata and SHA-256."""
+    `<stem>.onnx`, `<stem>.torchscript.pt`, `<stem>.openvino.xml`, carrying its metadata and
+    SHA-256."""
     model, info = load_model(checkpoint)
     info = info.derive(
         source_checkpoint=str(Path(checkpoint).resolve()),

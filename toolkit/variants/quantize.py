@@ -1,8 +1,9 @@
-"""ONNX quantization and reduced precision, with the accuracy cost always measured.
+"""`dlkit quantize`: ONNX quantization and reduced precision, with the accuracy cost measured.
 
-ONNX Runtime's tools: dynamic int8, static int8 in QDQ format calibrated on real training
-images, fp16 with fp32 inputs and outputs (`quantize_onnx`, one dispatch for `dlkit quantize`
-and the benchmark variants). PyTorch-native int8 is in `toolkit.variants.pt2e`.
+ONNX Runtime's tools (dynamic int8, static int8 in QDQ format calibrated on real training
+images, fp16 with fp32 inputs and outputs) are applied by `toolkit.artifacts.onnx_quantize`,
+the same transforms the ONNX variants are made with; calibration data comes from here.
+PyTorch-native int8 is in `toolkit.variants.pt2e`.
 
 `quantize_artifact` writes the new file beside its target, evaluates it and its fp32 source on
 the validation data, and renames it into place only if its gate passes
@@ -11,12 +12,9 @@ the validation data, and renames it into place only if its gate passes
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import tempfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,10 @@ from toolkit import __version__
 from toolkit.artifacts import detect_format, open_runner, read_info
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.artifacts.onnx import write_info
-from toolkit.choices import CalibrationMethod, Format, Precision, QuantizeMode
+from toolkit.artifacts.onnx_quantize import quantize_onnx
+from toolkit.choices import Format, Precision, QuantizeMode
+from toolkit.cpu import cpu_features
 from toolkit.data import load_split
-from toolkit.devices import cpu_info
 from toolkit.errors import DlkitError
 from toolkit.evaluate import predict_dataset
 from toolkit.files import atomic_path, sha256_file
@@ -42,162 +41,6 @@ MODE_PRECISION = {
     QuantizeMode.FP16: Precision.FP16,
 }
 MODE_TAGS = {QuantizeMode.DYNAMIC: "int8-dynamic", QuantizeMode.STATIC: "int8-static"}
-
-
-# ---------------------------------------------------------------------------- the CPU we run on
-
-
-@dataclass(frozen=True)
-class CpuFeatures:
-    """The x86 instruction sets that decide how int8 kernels run."""
-
-    model: str
-    avx2: bool
-    avx512: bool
-    vnni: bool
-    amx: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def cpu_features() -> CpuFeatures:
-    """This machine's CPU, as far as int8 kernels care."""
-    model, flags = cpu_info()
-    return CpuFeatures(
-        model=model,
-        avx2="avx2" in flags,
-        avx512="avx512f" in flags,
-        vnni=bool({"avx512_vnni", "avx_vnni"} & flags),
-        amx="amx_int8" in flags,
-    )
-
-
-def int8_types(features: CpuFeatures) -> dict[str, Any]:
-    """Activation/weight types and reduce_range for ONNX Runtime's x86 int8 kernels.
-
-    u8 activations × s8 weights is what the x86 kernels are fast at. Without VNNI they multiply
-    with VPMADDUBSW, whose 16-bit intermediate sums can saturate; 7-bit weights
-    (`reduce_range`) avoid that. With VNNI (or off x86) the full range is safe.
-    """
-    x86 = features.avx2 or features.avx512
-    reduce_range = x86 and not features.vnni
-    reason = (
-        "x86 without VNNI: u8s8 with 7-bit weights so VPMADDUBSW cannot saturate"
-        if reduce_range
-        else "VNNI (or non-x86): u8s8 at full range"
-    )
-    return {"activation": "uint8", "weight": "int8", "reduce_range": reduce_range, "why": reason}
-
-
-# ----------------------------------------------------------------------------- ONNX transforms
-
-
-def _quant_type(name: str):
-    from onnxruntime.quantization import QuantType
-
-    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
-
-
-@contextlib.contextmanager
-def _preprocessed(src: str | os.PathLike) -> Iterator[Path]:
-    """ONNX Runtime's recommended pre-processing: symbolic shape inference and graph
-    optimisation, which also replaces the exporter's stale intermediate shapes."""
-    from onnxruntime.quantization import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="dlkit-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        yield prepared
-
-
-class _CalibrationReader:
-    """Feeds calibration batches to ONNX Runtime's calibrator."""
-
-    def __init__(self, samples: np.ndarray, batch_size: int):
-        self.batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-        self.index = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.index >= len(self.batches):
-            return None
-        self.index += 1
-        return {"input": self.batches[self.index - 1]}
-
-    def rewind(self) -> None:
-        self.index = 0
-
-
-def _dynamic(src: Path, dst: Path) -> dict[str, Any]:
-    from onnxruntime.quantization import quantize_dynamic
-
-    types = int8_types(cpu_features())
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=False,
-        reduce_range=types["reduce_range"],
-        weight_type=_quant_type(types["weight"]),
-    )
-    return {"types": types}
-
-
-def _static(
-    src: Path, dst: Path, calibration: np.ndarray, method: str, per_channel: bool
-) -> dict[str, Any]:
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization import QuantFormat, quantize_static
-
-    types = int8_types(cpu_features())
-    quantize_static(
-        str(src),
-        str(dst),
-        _CalibrationReader(calibration, batch_size=16),
-        quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
-        reduce_range=types["reduce_range"],
-        activation_type=_quant_type(types["activation"]),
-        weight_type=_quant_type(types["weight"]),
-        calibrate_method={
-            CalibrationMethod.MINMAX: OrtMethod.MinMax,
-            CalibrationMethod.ENTROPY: OrtMethod.Entropy,
-            CalibrationMethod.PERCENTILE: OrtMethod.Percentile,
-        }[CalibrationMethod.parse(method, "calibration method")],
-        extra_options={"CalibTensorRangeSymmetric": False},
-    )
-    return {"types": types, "method": method, "per_channel": per_channel}
-
-
-def _fp16(src: Path, dst: Path) -> dict[str, Any]:
-    """Weights and activations in fp16 for GPUs; inputs and outputs stay fp32 so clients
-    need not change."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
-    return {}
-
-
-def quantize_onnx(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    mode: str,
-    calibration: np.ndarray | None = None,
-    method: str = "minmax",
-    per_channel: bool = True,
-) -> dict[str, Any]:
-    """Write `src` quantized by `mode` to `dst`; returns what was done (types, method). int8
-    modes run ONNX Runtime's pre-processing (shape inference, optimisation) first; static
-    needs `calibration` (preprocessed N×C×H×W float32)."""
-    mode = QuantizeMode.parse(mode, "mode")
-    if mode == QuantizeMode.FP16:
-        return _fp16(Path(src), Path(dst))
-    with _preprocessed(src) as prepared:
-        if mode == QuantizeMode.DYNAMIC:
-            return _dynamic(prepared, Path(dst))
-        if calibration is None:
-            raise DlkitError("static quantization needs calibration samples")
-        return _static(prepared, Path(dst), calibration, method, per_channel)
 
 
 def quantized_info(info: ArtifactInfo, source: str | os.PathLike, mode: str, details: dict):

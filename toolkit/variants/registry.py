@@ -1,48 +1,44 @@
 """What a variant is, and the one list of them that `dlkit bench` and `dlkit deploy` share.
 
-A variant is a way to run one model: a format, a precision (or quantization mode), and how it
-is built — eager PyTorch, `torch.compile`, torchao's PT2E int8, or a file exported (and maybe
-quantized) and run through its format's runner. Names are the same everywhere. This module
-imports nothing heavy, so the CLI can list the variants in its help.
+A variant is a way to run one model. Two kinds:
 
-Adding a runtime: one module under `toolkit/artifacts/` with a Handler (export, runner), one
-entry in `toolkit.artifacts.registry.FORMATS`, and its variants here with `build=FILE`.
+- in-process variants (`Variant`): eager PyTorch, `torch.compile`, torchao's PT2E int8, built
+  here from the fp32 model by `toolkit.variants.build`;
+- file variants (`toolkit.artifacts.format_plugin.FileVariant`): an artifact of one format,
+  made from its parent variant's file by its format plugin, verified once and kept in the
+  artifact store (`toolkit.variants.store`). Each format plugin declares its own: adding a
+  runtime adds its variants here without a line changing in this module.
+
+Names are the same everywhere. This module imports nothing heavy, so the CLI can list the
+variants in its help.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit.choices import Device, Format, Precision, QuantizeMode
+from toolkit.artifacts.format_plugin import FileVariant, ModelProfile, VariantBase
+from toolkit.artifacts.registry import plugins
+from toolkit.choices import Device, Precision
+from toolkit.cpu import cpu_features
 from toolkit.errors import DlkitError
 
-# How a variant is built (see toolkit.variants.build).
-EAGER, COMPILE, PT2E, FILE = "eager", "compile", "pt2e", "file"
+# How an in-process variant is built (see toolkit.variants.build).
+EAGER, COMPILE, PT2E = "eager", "compile", "pt2e"
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One way to run a model.
+@dataclass(frozen=True, kw_only=True)
+class Variant(VariantBase):
+    """A variant run inside this process from the fp32 model.
 
-    `precision` None means autocast in the device's type (fp16 on CUDA, bf16 on the CPU); fp16
-    or bf16 on an eager or compiled variant means its weights and activations are cast to it
-    (`cuda_only`: fp16 kernels are fast on GPUs only). `simplicity` orders variants that tie on
-    speed in `dlkit deploy`: the lower, the simpler. File variants can be packaged for Triton.
+    fp16 or bf16 on an eager or compiled variant means its weights and activations are cast
+    to it (`cuda_only`: fp16 kernels are fast on GPUs only); `precision` None means autocast.
+    `native_bf16`: computes in bf16 on the CPU, so offered by default only where bf16 is
+    native (AVX-512 BF16 or AMX; elsewhere it is emulated, ~25x slower than fp32).
     """
 
-    name: str
-    description: str
     build: str
-    format: Format = Format.CHECKPOINT
-    precision: Precision | None = Precision.FP32
-    quantize: QuantizeMode | None = None
-    simplicity: int = 0
-    channels_last: bool = False
-    cuda_only: bool = False
-
-    @property
-    def autocast(self) -> bool:
-        return self.precision is None
+    native_bf16: bool = False
 
     @property
     def cast(self) -> Precision | None:
@@ -51,140 +47,89 @@ class Variant:
             return self.precision
         return None
 
-    @property
-    def servable(self) -> bool:
-        return self.build == FILE
-
-    def precision_on(self, device: str) -> Precision:
-        if self.precision is not None:
-            return self.precision
-        return Precision.FP16 if device == Device.CUDA else Precision.BF16
-
 
 BASELINE = "eager-fp32"
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant(BASELINE, "eager PyTorch, fp32", EAGER, simplicity=-1),
-        Variant(
-            "eager-amp-cl",
-            "eager PyTorch under autocast (fp16 on CUDA, bf16 on CPU), channels_last",
-            EAGER,
-            precision=None,
-            channels_last=True,
-        ),
-        Variant(
-            "eager-fp16-cl",
-            "eager PyTorch, weights and activations in fp16, channels_last (CUDA)",
-            EAGER,
-            precision=Precision.FP16,
-            channels_last=True,
-            cuda_only=True,
-        ),
-        Variant(
-            "torchscript-fp32",
-            "frozen TorchScript from `dlkit export`, fp32",
-            FILE,
-            Format.TORCHSCRIPT,
-            simplicity=1,
-        ),
-        Variant(
-            "compile-fp32",
-            "torch.compile fp32 (inductor with freezing on CPU; CUDA graphs on CUDA)",
-            COMPILE,
-        ),
-        Variant(
-            "compile-amp-cl",
-            "torch.compile under autocast (fp16 on CUDA, bf16 on CPU), channels_last",
-            COMPILE,
-            precision=None,
-            channels_last=True,
-        ),
-        Variant(
-            "compile-fp16-cl",
-            "torch.compile (CUDA graphs), weights and activations in fp16, channels_last (CUDA)",
-            COMPILE,
-            precision=Precision.FP16,
-            channels_last=True,
-            cuda_only=True,
-        ),
-        Variant(
-            "onnx-fp32",
-            "ONNX Runtime fp32 from `dlkit export`, all graph optimisations",
-            FILE,
-            Format.ONNX,
-        ),
-        Variant(
-            "onnx-int8-dynamic",
-            "ONNX Runtime, dynamic int8 (`dlkit quantize`)",
-            FILE,
-            Format.ONNX,
-            Precision.INT8,
-            QuantizeMode.DYNAMIC,
-            simplicity=2,
-        ),
-        Variant(
-            "onnx-int8-static",
-            "ONNX Runtime, static int8 QDQ, per-channel, calibrated (`dlkit quantize`)",
-            FILE,
-            Format.ONNX,
-            Precision.INT8,
-            QuantizeMode.STATIC,
-            simplicity=3,
-        ),
-        Variant(
-            "onnx-fp16",
-            "ONNX Runtime, fp16 weights and activations",
-            FILE,
-            Format.ONNX,
-            Precision.FP16,
-            QuantizeMode.FP16,
-            simplicity=2,
-        ),
-        Variant(
-            "torch-int8-pt2e",
-            "torchao PT2E static int8 (x86 inductor quantizer) under torch.compile",
-            PT2E,
-            precision=Precision.INT8,
-        ),
-    )
-}
+IN_PROCESS: tuple[Variant, ...] = (
+    Variant(name=BASELINE, description="eager PyTorch, fp32", build=EAGER, simplicity=-1),
+    Variant(
+        name="eager-amp-cl",
+        description="eager PyTorch under autocast (fp16 on CUDA, bf16 on CPU), channels_last",
+        build=EAGER,
+        precision=None,
+        channels_last=True,
+        native_bf16=True,
+    ),
+    Variant(
+        name="eager-fp16-cl",
+        description="eager PyTorch, weights and activations in fp16, channels_last (CUDA)",
+        build=EAGER,
+        precision=Precision.FP16,
+        channels_last=True,
+        cuda_only=True,
+    ),
+    Variant(
+        name="compile-fp32",
+        description="torch.compile fp32 (inductor with freezing on CPU; CUDA graphs on CUDA)",
+        build=COMPILE,
+    ),
+    Variant(
+        name="compile-amp-cl",
+        description="torch.compile under autocast (fp16 on CUDA, bf16 on CPU: inductor with "
+        "freezing), channels_last",
+        build=COMPILE,
+        precision=None,
+        channels_last=True,
+        native_bf16=True,
+    ),
+    Variant(
+        name="compile-fp16-cl",
+        description="torch.compile (CUDA graphs), weights and activations in fp16, "
+        "channels_last (CUDA)",
+        build=COMPILE,
+        precision=Precision.FP16,
+        channels_last=True,
+        cuda_only=True,
+    ),
+    Variant(
+        name="torch-int8-pt2e",
+        description="torchao PT2E static int8 (x86 inductor quantizer) under torch.compile",
+        build=PT2E,
+        precision=Precision.INT8,
+    ),
+)
 
 # Earlier names, still accepted on the command line.
 ALIASES = {"torchscript": "torchscript-fp32", "compile": "compile-fp32"}
 
-# What `dlkit bench` runs without --variants. bf16 compile is left out on the CPU: few CPUs
-# have native bf16 (AVX-512 BF16, AMX) and compiling it costs as much as fp32.
-DEFAULT_VARIANTS = {
-    Device.CPU: (
-        BASELINE,
-        "eager-amp-cl",
-        "torchscript-fp32",
-        "compile-fp32",
-        "onnx-fp32",
-        "onnx-int8-dynamic",
-        "onnx-int8-static",
-        "torch-int8-pt2e",
-    ),
+# In-process variants `dlkit bench` runs by default, per device; the file variants of every
+# format that runs there join them (`default_variants`).
+IN_PROCESS_DEFAULTS = {
+    Device.CPU: (BASELINE, "eager-amp-cl", "compile-fp32", "compile-amp-cl", "torch-int8-pt2e"),
     Device.CUDA: (
         BASELINE,
         "eager-amp-cl",
         "eager-fp16-cl",
-        "torchscript-fp32",
         "compile-fp32",
         "compile-amp-cl",
         "compile-fp16-cl",
-        "onnx-fp32",
-        "onnx-fp16",
     ),
 }
+# The format whose fp32 variant `dlkit deploy` packages beside the selected one: the one
+# every Triton serves (the NGC image's onnxruntime backend, or the python backend).
+FALLBACK_FORMAT = "onnx"
 
-# What `dlkit deploy` can package for each device (file variants; eager fp32 is the baseline).
-DEPLOY_CANDIDATES = {
-    Device.CPU: ("onnx-fp32", "torchscript-fp32", "onnx-int8-dynamic", "onnx-int8-static"),
-    Device.CUDA: ("onnx-fp32", "torchscript-fp32", "onnx-fp16"),
-}
+
+def variants() -> dict[str, VariantBase]:
+    """Every variant by name: the in-process ones, then each format's file variants."""
+    found: dict[str, VariantBase] = {v.name: v for v in IN_PROCESS}
+    for plugin in plugins():
+        found.update((v.name, v) for v in plugin.variants())
+    return found
+
+
+def file_variants() -> dict[str, FileVariant]:
+    return {n: v for n, v in variants().items() if isinstance(v, FileVariant)}
 
 
 def canonical_name(name: str) -> str:
@@ -192,19 +137,67 @@ def canonical_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def get_variant(name: str) -> Variant:
+def get_variant(name: str) -> VariantBase:
     """The variant called `name` (or an alias of it); DlkitError naming the choices."""
-    variant = VARIANTS.get(canonical_name(name))
+    found = variants()
+    variant = found.get(canonical_name(name))
     if variant is None:
-        raise DlkitError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        raise DlkitError(f"unknown variant {name!r}; choose from {', '.join(found)}")
     return variant
 
 
-def resolve_variants(names: list[str] | None, device: str) -> list[str]:
+def lineage(name: str) -> list[FileVariant]:
+    """A file variant and its ancestors, the root (made from the model) first."""
+    chain: list[FileVariant] = []
+    found = file_variants()
+    while name:
+        if name not in found or found[name] in chain:
+            raise DlkitError(f"variant {chain[-1].name if chain else name} has no parent {name}")
+        chain.insert(0, found[name])
+        name = found[name].parent or ""
+    return chain
+
+
+def fp32_variant(fmt: str) -> FileVariant:
+    """The fp32 file variant of format `fmt` (what `dlkit export --<fmt>` writes)."""
+    for variant in file_variants().values():
+        if variant.format == fmt and variant.precision == Precision.FP32:
+            return variant
+    raise DlkitError(f"the {fmt} format has no fp32 variant")
+
+
+def _offered(variant: FileVariant, device: str, profile: ModelProfile | None) -> bool:
+    """Whether a file variant is offered by default on `device`, on this CPU, for a model
+    with `profile` (None: any model)."""
+    if not variant.default or variant.unavailable(device, cpu_features()):
+        return False
+    return profile is None or variant.suits is None or variant.suits(profile)
+
+
+def _in_process_offered(name: str, device: str) -> bool:
+    variant = next(v for v in IN_PROCESS if v.name == name)
+    return device == Device.CUDA or not variant.native_bf16 or cpu_features().bf16
+
+
+def default_variants(device: str, profile: ModelProfile | None = None) -> list[str]:
+    """What `dlkit bench` runs without --variants on this machine, for a model with `profile`."""
+    names = [n for n in IN_PROCESS_DEFAULTS[Device(device)] if _in_process_offered(n, device)]
+    names += [n for n, v in file_variants().items() if _offered(v, device, profile)]
+    return names
+
+
+def deploy_candidates(device: str, profile: ModelProfile | None = None) -> list[str]:
+    """The file variants `dlkit deploy` tries on `device`, this CPU and this model."""
+    return [n for n, v in file_variants().items() if _offered(v, device, profile)]
+
+
+def resolve_variants(
+    names: list[str] | None, device: str, profile: ModelProfile | None = None
+) -> list[str]:
     """The names to run: the device's defaults, every registered variant for "all", or the
     given names in order (aliases mapped; unknown ones are kept, and skipped with a reason)."""
     if not names:
-        return list(DEFAULT_VARIANTS[Device(device)])
+        return default_variants(device, profile)
     if names == ["all"]:
-        return list(VARIANTS)
+        return list(variants())
     return list(dict.fromkeys(canonical_name(n) for n in names))

@@ -1,8 +1,9 @@
-"""Triton python-backend model: a dlkit ONNX or TorchScript classifier.
+"""Triton python-backend model: a dlkit classifier of any format.
 
-Copied by `dlkit package --backend python` as `<version>/model.py` next to `model.onnx` or
-`model.pt`. Needs only numpy and onnxruntime (ONNX) or torch (TorchScript) in the Python that
-Triton's stub runs, not dlkit itself.
+Copied by `dlkit package --backend python` as `<version>/model.py` next to the artifact's files
+and `runner.py`, which `dlkit package` writes from the format plugin's stub runner (ONNX
+Runtime, TorchScript, OpenVINO, ...). Needs only numpy and that format's runtime in the Python
+that Triton's stub runs, not dlkit itself.
 
 Per request, the stub's Python work is most of what the server adds to the model itself, so
 `execute` does as little as it can: a lone request (batching off, or a quiet moment) goes
@@ -11,6 +12,7 @@ requests are copied once into a batch buffer kept between calls, and each respon
 of the one output.
 """
 
+import importlib.util
 import json
 import os
 
@@ -30,15 +32,9 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         self.input_dtype = pb_utils.triton_string_to_numpy(config["input"][0]["data_type"])
         self.buffer = np.empty(0, self.input_dtype)  # grown to the largest batch seen
-        intra = int(params.get("intra_op_thread_count", "0"))
-        inter = int(params.get("inter_op_thread_count", "0"))
         gpu = args["model_instance_kind"] == "GPU"
-        if params["artifact_format"] == "onnx":
-            self.run = _onnx_runner(path, intra, inter, gpu, args["model_instance_device_id"])
-        else:
-            self.run = _torchscript_runner(
-                path, intra, inter, gpu, args["model_instance_device_id"]
-            )
+        runner = _load_module(os.path.join(folder, "runner.py"))
+        self.run = runner.make_runner(path, params, gpu, int(args["model_instance_device_id"]))
 
     def execute(self, requests):
         arrays = [
@@ -59,38 +55,9 @@ class TritonPythonModel:
         ]
 
 
-def _onnx_runner(path, intra, inter, gpu, device_id):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra
-    options.inter_op_num_threads = inter
-    providers = ["CPUExecutionProvider"]
-    if gpu:
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device_id)}))
-    session = ort.InferenceSession(path, options, providers=providers)
-    feed = session.get_inputs()[0].name
-
-    def run(batch):
-        return np.asarray(session.run(None, {feed: batch})[0], dtype=np.float32)
-
-    return run
-
-
-def _torchscript_runner(path, intra, inter, gpu, device_id):
-    import torch
-
-    if intra:
-        torch.set_num_threads(intra)
-    if inter:
-        torch.set_num_interop_threads(inter)
-    device = f"cuda:{device_id}" if gpu else "cpu"
-    module = torch.jit.load(path, map_location=device).eval()
-
-    def run(batch):
-        if not batch.flags.writeable:  # a view of Triton's shared memory: torch wants its own
-            batch = batch.copy()
-        with torch.inference_mode():
-            return module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-
-    return run
+def _load_module(path):
+    """The runner module beside this model.py (the stub does not put its folder on sys.path)."""
+    spec = importlib.util.spec_from_file_location("dlkit_runner", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
