@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
+from toolkit.artifacts.onnx_quantize import quantize_onnx
 from toolkit.bench.harness import MeasureConfig
 from toolkit.bench.run import run_benchmark
+from toolkit.cpu import cpu_features, int8_types
 from toolkit.log import configure_logging
 from toolkit.training.models import create_model
 from toolkit.variants.export import export_model
-from toolkit.artifacts.onnx_quantize import quantize_onnx
-from toolkit.cpu import cpu_features, int8_types
 
 VARIANTS = ["eager-fp32", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "torch-int8-pt2e"]
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from toolkit.artifacts import read_info as read_artifact_info
+from toolkit.cpu import CpuFeatures, cpu_features, int8_types
 from toolkit.errors import DlkitError
 from toolkit.files import sha256_file
 from toolkit.variants.export import export_checkpoint
 from toolkit.variants.pt2e import compile_int8, dynamic_int8_linear, pt2e_int8
-from toolkit.cpu import CpuFeatures, cpu_features, int8_types
 from toolkit.variants.quantize import calibration_samples, quantize_artifact
 
 
