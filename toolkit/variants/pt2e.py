@@ -52,15 +52,25 @@ def compile_int8(converted, example):
     """`torch.compile` a `pt2e_int8` module for a fixed input shape (that of `example`), with
     inductor freezing so the int8 weights are pre-packed for oneDNN. Compiles now (about 10 s
     for ResNet-18 on 2 cores): freezing must be on while the graph is compiled, and passing it
-    through `torch.compile(options=...)` fails to lower the quantized convolutions here."""
+    through `torch.compile(options=...)` fails to lower the quantized convolutions here.
+
+    Compiled under `torch.inference_mode()`, the mode runners call it in: compiled under
+    `no_grad` instead, the runner's inference tensors fail dynamo's dispatch-key guard, and the
+    recompile (without freezing) falls back to fp32 convolutions around quantize/dequantize
+    pairs: as slow as eager fp32 (measured: ResNet-18 int8 at 1.0x eager fp32 that way, 4-6x
+    compiled in the runner's mode)."""
     import torchao.quantization.pt2e.inductor_passes.x86  # noqa: F401  (int8 fusion patterns)
 
     compiled = torch.compile(converted, dynamic=False)
-    with torch._inductor.config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
+    with (
+        torch._inductor.config.patch(freezing=True),
+        torch.inference_mode(),
+        warnings.catch_warnings(),
+    ):
         # torch's own int8 lowering copies a tensor the way it warns against; under
         # `-W error` that warning would abort the lowering.
         warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-        compiled(example)
+        compiled(example)  # a tensor made outside inference mode, as runners make theirs
     return compiled
 
 
