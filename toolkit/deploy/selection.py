@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from toolkit.artifacts.format_plugin import VariantBase
 from toolkit.choices import Objective
 from toolkit.errors import DlkitError
 from toolkit.variants.gate import Gate, GateStatus
-from toolkit.variants.registry import Variant
 
 # Within this fraction of the best figure, variants count as tied and the simpler one wins:
 # benchmark noise on a shared machine is about this size.
@@ -42,10 +42,10 @@ class VariantReport:
     reused: bool = False
 
     @classmethod
-    def of(cls, variant: Variant, device: str) -> VariantReport:
+    def of(cls, variant: VariantBase, device: str) -> VariantReport:
         return cls(
             variant.name,
-            str(variant.format),
+            variant.format,
             str(variant.precision_on(device)),
             variant.simplicity,
             servable=variant.servable,

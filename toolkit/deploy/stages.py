@@ -37,6 +37,7 @@ def place(stored: StoredArtifact, folder: Path, name: str) -> Path:
     the file system allows), so the run folder holds what its report names."""
     fmt = plugin(get_variant(stored.variant).format)
     target = folder / f"{name}{fmt.suffix}"
+    folder.mkdir(parents=True, exist_ok=True)
     for source, destination in zip(stored.files, fmt.files(target), strict=True):
         link_or_copy(source, destination)
     return target

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from toolkit.artifacts.format_plugin import FileVariant, ModelProfile, VariantBase
 from toolkit.artifacts.registry import plugins
-from toolkit.choices import Device, Precision
+from toolkit.choices import Device, Format, Precision
 from toolkit.cpu import cpu_features
 from toolkit.errors import DlkitError
 
@@ -39,6 +39,7 @@ class Variant(VariantBase):
 
     build: str
     native_bf16: bool = False
+    format: str = Format.CHECKPOINT  # built from the checkpoint's model, in this process
 
     @property
     def cast(self) -> Precision | None:
