@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from toolkit.artifacts import plugin
 from toolkit.choices import Backend
 from toolkit.deploy.report import DeployReport
 from toolkit.deploy.selection import VariantReport
@@ -30,16 +31,18 @@ def triton_missing() -> str:
     return ""
 
 
-def _backend() -> Backend:
-    """native where the server has ONNX Runtime/PyTorch backends (the NGC image), python
-    for the pip-installed server (its only backend)."""
+def _backend(variant: VariantReport) -> Backend:
+    """native where the server has the format's own backend (the NGC image has onnxruntime,
+    pytorch and openvino), python for the pip-installed server (its only backend)."""
     from toolkit.triton.server import find_tritonserver
 
+    native = plugin(variant.format).triton
     try:
         binary = find_tritonserver()
     except DlkitError:
         return Backend.NATIVE
-    return Backend.NATIVE if "onnxruntime" in binary.backends() else Backend.PYTHON
+    served = native is not None and native.server_backend in binary.backends()
+    return Backend.NATIVE if served else Backend.PYTHON
 
 
 def _serving(model_dir: Path):
@@ -61,7 +64,6 @@ def package_stage(
     or backend is refused, naming the --name to use instead (one config serves them all)."""
     from toolkit.triton.repository import PackageOptions, package_artifact
 
-    backend = _backend()
     models = [(selected, config.name)]
     if fallback is not selected:
         models.append((fallback, f"{config.name}_fallback"))
@@ -69,7 +71,7 @@ def package_stage(
     def package_into(target: Path) -> list[dict[str, Any]]:
         written = []
         for variant, name in models:
-            options = PackageOptions(backend=backend, serving=_serving(target / name))
+            options = PackageOptions(backend=_backend(variant), serving=_serving(target / name))
             result = package_artifact(variant.path, target, name, options=options)
             if target == Path(config.repo):
                 report.repository_changed = True

@@ -168,6 +168,11 @@ def classifier_config(
         )
         _parameters(config, files | threads | plugin.stub_parameters(info))
     else:
+        if not (native.platform or native.backend):
+            raise DlkitError(
+                f"no native Triton backend serves {plugin.name} models; package them with "
+                "--backend python"
+            )
         config.platform, config.backend = native.platform, native.backend
         config.default_model_filename = native.model_file
         _parameters(
