@@ -43,9 +43,11 @@ class Tensor:
 @dataclass(frozen=True)
 class ModelProfile:
     """What decides which variants suit a model: the share of its multiply-adds in Linear
-    layers (dynamic int8 quantizes those well; convolutions it makes slower)."""
+    layers (dynamic int8 quantizes those well; convolutions it makes slower), of the
+    multiply-adds of one image through its convolutions and Linear layers."""
 
     linear_share: float = 0.0
+    macs: int = 0
 
 
 class BuildContext(Protocol):

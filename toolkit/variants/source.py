@@ -170,4 +170,4 @@ def model_profile(model: nn.Module, info: ArtifactInfo) -> ModelProfile:
         for hook in hooks:
             hook.remove()
     total = macs["conv"] + macs["linear"]
-    return ModelProfile(linear_share=macs["linear"] / total if total else 0.0)
+    return ModelProfile(linear_share=macs["linear"] / total if total else 0.0, macs=total)
