@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -300,5 +299,4 @@ def _version(package: str) -> str:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("DLKIT_STORE", str(Path(tempfile.gettempdir()) / "dlkit-bench-store"))
     main()

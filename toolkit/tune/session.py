@@ -229,11 +229,15 @@ def _measure(server: TuningServer, live: dict[str, Trial], settings: MeasureSett
 
 
 def compare_configs(
-    artifact: str | os.PathLike, configs: list[TrialConfig], settings: MeasureSettings
+    artifacts: str | os.PathLike | list[str | os.PathLike],
+    configs: list[TrialConfig],
+    settings: MeasureSettings,
 ) -> list[Trial]:
-    """Serve one artifact under each of `configs` side by side on a fresh server of its own
-    (a scratch repository) and measure them in one round: the trials, in order."""
-    candidates = inputs.from_artifacts([artifact])
+    """Serve one artifact (or several: each config names its variant, the artifact's file
+    stem) under each of `configs` side by side on a fresh server of its own (a scratch
+    repository) and measure them in one round: the trials, in order."""
+    paths = artifacts if isinstance(artifacts, list) else [artifacts]
+    candidates = inputs.from_artifacts(paths)
     binary = find_tritonserver()
     with tempfile.TemporaryDirectory(prefix="dlkit-compare-") as tmp:
         inputs.stage(candidates, Path(tmp) / "repo", binary)
