@@ -160,7 +160,7 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
     with timer("benchmark"):
         stages.benchmark_stage(
             checkpoint, baseline, rows, config.device, config.batch_sizes, config.threads,
-            config.bench_seconds,
+            config.bench_seconds, config.objective,
         )  # fmt: skip
     with timer("select"):
         selected = select_variant(rows, config.objective)

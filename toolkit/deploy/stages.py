@@ -107,13 +107,14 @@ def benchmark_stage(
     batch_sizes,
     threads: int,
     seconds: float,
+    objective: str = "latency",
 ) -> None:
-    """Benchmark eager fp32 and every variant that passed, interleaved, in one sweep."""
+    """Benchmark eager fp32 and every variant that passed, interleaved, in one sweep; runtimes
+    with a performance hint (OpenVINO) are given the objective."""
     survivors = [r for r in rows if r.passed]
-    jobs = [Job(BASELINE, lambda b: open_runner(checkpoint, device, threads=threads))]
-    jobs += [
-        Job(r.name, lambda b, p=r.path: open_runner(p, device, threads=threads)) for r in survivors
-    ]
+    options = {"threads": threads, "objective": objective}
+    jobs = [Job(BASELINE, lambda b: open_runner(checkpoint, device, **options))]
+    jobs += [Job(r.name, lambda b, p=r.path: open_runner(p, device, **options)) for r in survivors]
     measure = MeasureConfig(min_time=seconds, max_time=10 * seconds)
     bench = benchmark_jobs(jobs, batch_sizes, device, threads, measure)
     by_name = {r.name: r for r in [baseline, *survivors]}
