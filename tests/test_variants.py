@@ -119,3 +119,19 @@ def test_a_cast_runner_feeds_its_own_precision(make_model):
     out = runner(batch)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, reference, atol=0.1 * np.abs(reference).max())
+
+
+@pytest.mark.slow
+def test_pt2e_int8_runs_as_compiled_with_its_int8_kernels(make_model):
+    # Compiled under no_grad, the runner's inference-mode calls recompiled without freezing
+    # and ran fp32 convolutions: PT2E int8 at eager fp32's speed.
+    import torch
+
+    from toolkit.variants.build import build_runner
+    from toolkit.variants.source import Source
+
+    model, info = make_model("smallresnet", 1, 16, 4)
+    runner = build_runner(get_variant("torch-int8-pt2e"), Source.from_model(model, info), 2)
+    batch = np.random.default_rng(0).standard_normal((2, 1, 16, 16), dtype=np.float32)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert runner(batch).shape == (2, 4)
