@@ -88,3 +88,21 @@ def test_an_unwritable_store_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv(STORE_ENV, str(blocker / "store"))
     with pytest.raises(DlkitError, match=f"cannot create the artifact store.*{STORE_ENV}"):
         ArtifactStore()
+
+
+def test_a_record_naming_files_outside_its_entry_is_not_trusted(make_model, tmp_path):
+    import json
+
+    model, info = make_model("smallresnet", 1, 16, 4)
+    store = ArtifactStore(tmp_path / "store")
+    stored = verified_artifact(
+        get_variant("onnx-fp32"), Source.from_model(model, info, store=store)
+    )
+    record_file = stored.path.parent / "record.json"
+    record = json.loads(record_file.read_text())
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(stored.path.read_bytes())
+    record["files"] = ["../../elsewhere.onnx"]
+    record["sha256"] = {"../../elsewhere.onnx": record["sha256"]["model.onnx"]}
+    record_file.write_text(json.dumps(record))
+    assert store.lookup(stored.path.parent.name, "onnx-fp32") is None

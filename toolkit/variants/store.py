@@ -102,6 +102,10 @@ class ArtifactStore:
         try:
             record = json.loads((folder / RECORD_FILE).read_text())
             files = record["files"]
+            if not files or any(Path(n).name != n or n in (".", "..") for n in files):
+                return None  # an entry's files are plain names inside its own folder
+            if set(files) != set(record["sha256"]):
+                return None
             if any(sha256_file(folder / n) != h for n, h in record["sha256"].items()):
                 return None
         except (OSError, ValueError, KeyError, TypeError):
