@@ -122,9 +122,8 @@ def export_model(
     check = ParityCheck(EagerRunner(model=model, info=info), batches, atol, rtol, kind)
     info = info.derive(static_batch=static_batch, precision=Precision.FP32)
     results: list[ExportResult] = []
-    made: dict[
-        str, Path
-    ] = {}  # variant -> a file of it (a kept export, or a parent made on the way)
+    # variant -> a file of it: a kept export, or a parent made on the way
+    made: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="dlkit-export-") as work:
         for fmt in sorted(targets, key=lambda f: len(lineage(fp32_variant(f).name))):
             *parents, variant = lineage(fp32_variant(fmt).name)
