@@ -446,3 +446,21 @@ def test_load_generator_counts_failures_and_timeouts(digits_onnx, repo):
             request.close()
             assert level.requests == 0 and level.failures > 0
             assert (level.timeouts == level.failures) == times_out
+
+
+@pytestmark_linux
+@pytest.mark.slow
+def test_the_runtime_is_one_more_axis(dlkit, digits_checkpoint, tmp_path):
+    # The same model as ONNX and as OpenVINO IR: both served (the python backend runs each
+    # with its own runtime) and measured side by side in the search's first round.
+    from toolkit.variants.export import export_checkpoint
+
+    results = export_checkpoint(digits_checkpoint, tmp_path, ("onnx", "openvino"))
+    out = dlkit.json(
+        "tune", *(r.path for r in results), "--dry-run", "--budget-minutes", "0.3", *FAST,
+        "--report", tmp_path / "report",
+    )  # fmt: skip
+    measured = [t for t in out["trials"] if t["status"] == "measured"]
+    assert {t["axis"] for t in measured} >= {"variant"}
+    assert len({t["variant"] for t in measured}) == 2
+    assert all(lv["failures"] == 0 for t in measured for lv in t["levels"])
