@@ -46,7 +46,6 @@ class Format:
     CHECKPOINT = "checkpoint"
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
-    OPENVINO = "openvino"
     SERVED = "served"  # a model behind a Triton endpoint (grpc://, http://)
 
 

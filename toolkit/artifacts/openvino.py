@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.artifacts.format_plugin import FileVariant, FormatPlugin, Tensor, TritonNative
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, first_line
-from toolkit.choices import Device, Format, Objective, Precision
+from toolkit.choices import Device, Objective, Precision
 from toolkit.errors import DlkitError
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def _stub_runner(path, params, gpu, device_id):
 
 
 class OpenVinoPlugin(FormatPlugin):
-    name = Format.OPENVINO
+    name = "openvino"
     suffix = ".openvino.xml"
     exportable = True
     triton = TritonNative(backend="openvino", server_backend="openvino", model_file="model.xml")
