@@ -14,10 +14,11 @@ import torch
 from toolkit import __version__
 from toolkit.artifacts.checkpoint import Checkpoint, load_checkpoint, read_state_dict
 from toolkit.artifacts.metadata import ArtifactInfo, check_class_names
-from toolkit.data import Splits, dataset_labels, load_splits
+from toolkit.data import Splits, build_transform, dataset_labels, load_splits
 from toolkit.devices import cpu_info, native_bf16, resolve_device, usable_cores
 from toolkit.errors import DlkitError
 from toolkit.log import logger
+from toolkit.training.batchnorm import needs_recompute, statistics_images
 from toolkit.training.config import TrainConfig
 from toolkit.training.distributed import DistEnv, join_group, leave_group
 from toolkit.training.loaders import create_loader
@@ -43,6 +44,8 @@ FIXED_ON_RESUME = (
     "val_fraction",
     "split_seed",
 )
+# Loader settings for a loader that reads the whole dataset in every process.
+FULL_SET = {"rank": 0, "world_size": 1}
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> TrainConfig:
@@ -197,6 +200,13 @@ def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, loss_fn, de
     loader_args |= dict(rank=env.rank, world_size=env.world_size)
     train_loader = create_loader(splits.train, config.batch_size, train=True, **loader_args)
     val_loader = create_loader(splits.val, config.batch_size, **loader_args)
+    bn_loader = None
+    if needs_recompute(model, len(train_loader)):
+        # Every process recomputes on all training images, so all hold the same statistics.
+        images = statistics_images(
+            splits.train, build_transform(config.preprocessing), config.batch_size
+        )
+        bn_loader = create_loader(images, config.batch_size, **(loader_args | FULL_SET))
     optimizer = create_optimizer(
         model, config.optimizer, config.lr, config.weight_decay, config.momentum
     )
@@ -221,6 +231,7 @@ def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, loss_fn, de
         channels_last=config.channels_last,
         grad_clip=config.grad_clip,
         early_stopping=stopping,
+        bn_loader=bn_loader,
         run_dir=run_dir if env.writes else None,
         checkpoint_extra={"info": info.to_dict(), "config": config.to_dict()},
         run_files={"config.json": config.to_dict()},
@@ -293,10 +304,21 @@ def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckp
         "optimiser": f"{config.optimizer}, lr {config.lr:g}, {config.scheduler} schedule",
         "epochs": f"{config.epochs} of batch {config.batch_size}",
         "precision": None if config.amp == "off" else f"autocast {config.amp}",
+        "batch norm": _batch_norm_fact(trainer),
         "resumed": None if ckpt is None else f"{ckpt.path} after epoch {trainer.epoch}",
         "run folder": str(run_dir),
     }
     logger.info("training:\n%s", "\n".join(startup_lines(facts)))
+
+
+def _batch_norm_fact(trainer: Trainer) -> str | None:
+    if trainer.bn_loader is None:
+        return None
+    return (
+        f"statistics recomputed on the {len(trainer.bn_loader.dataset)} training images before "
+        f"each validation ({len(trainer.train_loader)} steps an epoch are too few for running "
+        "averages)"
+    )
 
 
 def _summarise(config: TrainConfig, trainer: Trainer, splits: Splits, run_dir, env) -> TrainSummary:
