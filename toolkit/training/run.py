@@ -14,7 +14,7 @@ import torch
 from toolkit import __version__
 from toolkit.artifacts.checkpoint import Checkpoint, load_checkpoint, read_state_dict
 from toolkit.artifacts.metadata import ArtifactInfo, check_class_names
-from toolkit.data import Splits, build_transform, dataset_labels, load_splits
+from toolkit.data import Splits, build_transform, dataset_labels, is_grayscale_folder, load_splits
 from toolkit.devices import cpu_info, native_bf16, resolve_device, usable_cores
 from toolkit.errors import DlkitError
 from toolkit.log import logger
@@ -150,8 +150,9 @@ def _warn_about_amp(amp: str, device: torch.device) -> None:
         )
 
 
-def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str]):
-    """The model to train and its spec: the checkpoint's when resuming, else a new one."""
+def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str], notes: list[str]):
+    """The model to train and its spec: the checkpoint's when resuming, else a new one
+    (`notes` gets what was loaded or replaced)."""
     if ckpt is not None:
         if list(ckpt.info.classes) != classes:
             raise DlkitError(
@@ -167,6 +168,7 @@ def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str]):
         pretrained=config.pretrained,
         weights=read_state_dict(config.weights) if config.weights else None,
         weights_source=str(config.weights),
+        notes=notes,
     )
 
 
@@ -255,7 +257,8 @@ def _train(
         )
     _check_classes(config, splits.classes)
     loss_fn, weights = run_loss(config, splits)
-    model, spec = _model(config, ckpt, splits.classes)
+    origin: list[str] = []
+    model, spec = _model(config, ckpt, splits.classes, origin)
     info = ArtifactInfo(
         classes=tuple(splits.classes),
         preprocessing=config.preprocessing,
@@ -267,7 +270,7 @@ def _train(
     if ckpt is not None:
         trainer.load_state_dict(ckpt.state)
     if env.writes and not config.quiet:
-        _log_startup(config, splits, trainer, weights, run_dir, ckpt)
+        _log_startup(config, splits, trainer, weights, run_dir, ckpt, origin)
     start_epoch = trainer.epoch
     start = time.perf_counter()
     trainer.fit(config.epochs)
@@ -278,7 +281,7 @@ def _train(
     return summary
 
 
-def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckpt) -> None:
+def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckpt, origin) -> None:
     """What is about to happen, in one block: data, model, where it runs, loss and schedule."""
     params = sum(p.numel() for p in trainer.model.parameters())
     loss = str(config.loss)
@@ -295,8 +298,9 @@ def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckp
         "data": config.source.describe(),
         "classes": class_list(splits.classes),
         "images": f"{len(splits.train)} train, {len(splits.val)} validation",
-        "input": f"{config.image_size}x{config.image_size}, {config.channels} channel(s)",
+        "input": f"{config.image_size}x{config.image_size}, {_channels_fact(config)}",
         "model": f"{config.model}, {params:,} parameters",
+        "weights": "; ".join(origin) or (None if ckpt else "random (no --pretrained or --weights)"),
         "device": f"{trainer.device}{processes}",
         "threads": f"{torch.get_num_threads()} intra-op, {workers} loader workers",
         "loss": loss,
@@ -309,6 +313,15 @@ def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckp
         "run folder": str(run_dir),
     }
     logger.info("training:\n%s", "\n".join(startup_lines(facts)))
+
+
+def _channels_fact(config: TrainConfig) -> str:
+    """The input channels, and why when the folder's images are all grayscale."""
+    if config.data is None or not is_grayscale_folder(config.data):
+        return f"{config.channels} channel(s)"
+    if config.channels == 1:
+        return "1 channel (every image is grayscale; --channels 3 trains on RGB)"
+    return "3 channels (every image is grayscale: --channels 1 would train on one)"
 
 
 def _batch_norm_fact(trainer: Trainer) -> str | None:
