@@ -66,7 +66,7 @@ class Manifest:
 def apply(variant: VariantReport, record: dict[str, Any], reused: bool = False) -> None:
     """Copy what a stage (or an earlier run) recorded about a variant into its report row."""
     fields = ("path", "accuracy", "accuracy_drop_points", "drop_ci_points", "top1_agreement")
-    for key in (*fields, "size_bytes", "note"):
+    for key in (*fields, "samples", "size_bytes", "note"):
         if key in record:
             setattr(variant, key, record[key])
     if "gate" in record:
@@ -100,14 +100,19 @@ def export_stage(checkpoint: Path, folder: Path, manifest: Manifest, rows) -> No
         apply(row, record)
 
 
-def quantize_stage(rows, manifest: Manifest, max_accuracy_drop: float) -> None:
-    """Quantize the fp32 ONNX file for every quantized variant; its accuracy gate decides."""
+def quantize_stage(
+    rows, manifest: Manifest, max_accuracy_drop: float, calib_samples: int | None = None
+) -> None:
+    """Quantize the fp32 ONNX file for every quantized variant; its accuracy gate decides.
+    Static int8 calibrates on `calib_samples` training images (None: 256, or all if fewer)."""
     source = next((r for r in rows if r.name == "onnx-fp32"), None)
     for row in rows:
         mode = get_variant(row.name).quantize
         if mode is None:
             continue
-        record = manifest.reusable(row.name, max_accuracy_drop=max_accuracy_drop)
+        record = manifest.reusable(
+            row.name, max_accuracy_drop=max_accuracy_drop, calib_samples=calib_samples
+        )
         if record is not None:
             apply(row, record, reused=True)
             continue
@@ -119,6 +124,7 @@ def quantize_stage(rows, manifest: Manifest, max_accuracy_drop: float) -> None:
             mode,
             default_output(source.path, mode),
             max_accuracy_drop=max_accuracy_drop,
+            calib_samples=calib_samples,
             force=True,
         )
         c = result.comparison
@@ -126,6 +132,8 @@ def quantize_stage(rows, manifest: Manifest, max_accuracy_drop: float) -> None:
             "path": result.path if result.passed else None,
             "size_bytes": result.size_bytes,
             "max_accuracy_drop": max_accuracy_drop,
+            "calib_samples": calib_samples,
+            "note": "; ".join(filter(None, (result.details.get("calibration_note"), c.note))),
         }
         manifest.put(row.name, record)
         apply(row, record)
@@ -140,13 +148,14 @@ def accuracy_stage(checkpoint: Path, rows, baseline: VariantReport, max_drop: fl
     reference, labels = predict_dataset(eager, val)
     baseline.accuracy = float((reference.argmax(1) == labels).mean())
     baseline.accuracy_drop_points, baseline.top1_agreement = 0.0, 1.0
+    baseline.samples = len(labels)
     for row in rows:
         if get_variant(row.name).quantize is not None or row.path is None:
             continue
         logits, _ = predict_dataset(open_runner(row.path), val)
         c = compare_with_baseline(logits, reference, labels, max_drop).to_dict()
         keys = ("accuracy", "accuracy_drop_points", "drop_ci_points", "top1_agreement", "gate")
-        apply(row, {k: c[k] for k in (*keys, "note")}, reused=row.reused)
+        apply(row, {k: c[k] for k in (*keys, "samples", "note")}, reused=row.reused)
 
 
 def weights_bytes(path: str | os.PathLike, fmt: str) -> int:
