@@ -82,9 +82,7 @@ def export_model(
         raise DlkitError(f"choose formats from {', '.join(EXPORT_FORMATS)}, got {list(formats)}")
     check_outputs(model, info, info.model.name)
     targets = {Format(f): artifact_path(out_dir, stem, Format(f)) for f in formats}
-    for target in targets.values():
-        if target.exists() and not force:
-            raise DlkitError(f"{target} exists; pass --force to replace it")
+    existing = [] if force else _existing(targets)
     model = model.eval().float()
     sizes = (static_batch,) if static_batch else PARITY_BATCH_SIZES
     batches, kind = parity_batches(info, sizes)
@@ -92,8 +90,12 @@ def export_model(
     if len(example) < 2 and not static_batch:
         example = example.repeat(2, 1, 1, 1)  # a batch of at least 2 keeps the dimension dynamic
     reference = EagerRunner(model=model, info=info)
-    results = []
+    results = [
+        _recheck(fmt, targets[fmt], reference, batches, atol, rtol, kind) for fmt in existing
+    ]
     for fmt, target in targets.items():
+        if fmt in existing:
+            continue
         artifact_info = info.derive(format=fmt, static_batch=static_batch)
         options = {"static_batch": static_batch} if fmt == Format.ONNX else {}
         if fmt == Format.ONNX and opset is not None:
@@ -113,6 +115,29 @@ def export_model(
                 ExportResult(fmt, str(target), failed.report, kept=False, details=details)
             )
     return results
+
+
+def _existing(targets: dict[Format, Path]) -> list[Format]:
+    """The formats whose file exists already: kept (after a parity check) when others are
+    missing, so a second `dlkit export` writes just those; refused when all exist."""
+    existing = [fmt for fmt, target in targets.items() if target.exists()]
+    if existing and len(existing) == len(targets):
+        names = " and ".join(str(targets[fmt]) for fmt in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise DlkitError(f"{names} {verb}; pass --force to replace")
+    return existing
+
+
+def _recheck(fmt: Format, target: Path, reference, batches, atol, rtol, kind) -> ExportResult:
+    """An existing file, checked against the model being exported: kept if it matches."""
+    report = verify_parity(reference, open_runner(target), batches, atol, rtol, kind)
+    if not report.passed:
+        raise DlkitError(
+            f"{target} exists and does not match this model ({report.summary()}): it was "
+            "exported from another checkpoint? pass --force to replace it"
+        )
+    details = {"existing": True, "size_bytes": target.stat().st_size}
+    return ExportResult(fmt, str(target), report, kept=True, details=details)
 
 
 def export_checkpoint(
