@@ -571,9 +571,11 @@ def test_startup_summary_names_the_weights_and_a_grayscale_folder(dlkit, tmp_pat
         in lines
     )
     assert f"  weights        weights loaded from {tmp_path / 'start.pt'}" in lines
-    random_start = dlkit("train", *quick("--data", folder, "--epochs", "1", "--channels", "3"),
-                         "--out", tmp_path / "s").stderr.splitlines()  # fmt: skip
+    args = quick("--data", folder, "--epochs", "1", "--channels", "3", "--batch-size", "6")
+    random_start = dlkit("train", *args, "--out", tmp_path / "s").stderr.splitlines()
     assert "  weights        random (no --pretrained or --weights)" in random_start
+    steps = "2 steps an epoch (4 of 16 images left out of each, a different 4 each time)"
+    assert f"  epochs         1 of batch 6, {steps}" in random_start
     assert any("3 channels (every image is grayscale: --channels 1" in x for x in random_start)
 
 
@@ -593,6 +595,7 @@ def test_a_model_that_learns_nothing_is_flagged(dlkit, tmp_path, make_folder):
                    "--out", tmp_path / "r")  # fmt: skip
     summary = json.loads(result.stdout)
     assert summary["learned"] is False and summary["chance_val_loss"] == pytest.approx(math.log(2))
+    assert "with 1 step an epoch the model was updated only a few times" in result.stderr
     assert "the model learnt nothing" in result.stderr
 
 

@@ -83,7 +83,8 @@ def predict(
         shown = [i for i, t in enumerate(truths) if t is not None and ranked[i][0]["label"] != t]
     picked = [images[i] for i in shown], [ranked[i] for i in shown]
     if grid and shown:
-        _save_grid(*picked, channels, grid, classes, summary_line(score))
+        title = summary_line(score) + (f"; the {len(shown)} wrong" if mistakes_only else "")
+        _save_grid(*picked, channels, grid, classes, title)
     results = [{"image": str(p), "top_k": r} for p, r in zip(*picked, strict=True)]
     if as_json:
         out = {"model": str(model_path), "predictions": results, "grid": grid if shown else None}

@@ -46,6 +46,8 @@ FIXED_ON_RESUME = (
 )
 # Loader settings for a loader that reads the whole dataset in every process.
 FULL_SET = {"rank": 0, "world_size": 1}
+# Fewer optimiser steps an epoch than this, and "learnt nothing" suggests a smaller batch.
+FEW_STEPS = 10
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> TrainConfig:
@@ -306,7 +308,7 @@ def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckp
         "loss": loss,
         "class weights": weights_text,
         "optimiser": f"{config.optimizer}, lr {config.lr:g}, {config.scheduler} schedule",
-        "epochs": f"{config.epochs} of batch {config.batch_size}",
+        "epochs": f"{config.epochs} of batch {config.batch_size}, {_steps_fact(trainer)}",
         "precision": None if config.amp == "off" else f"autocast {config.amp}",
         "batch norm": _batch_norm_fact(trainer),
         "resumed": None if ckpt is None else f"{ckpt.path} after epoch {trainer.epoch}",
@@ -328,9 +330,30 @@ def _batch_norm_fact(trainer: Trainer) -> str | None:
     if trainer.bn_loader is None:
         return None
     return (
-        f"statistics recomputed on the {len(trainer.bn_loader.dataset)} training images before "
-        f"each validation ({len(trainer.train_loader)} steps an epoch are too few for running "
-        "averages)"
+        f"statistics recomputed on {len(trainer.bn_loader.dataset)} training images before "
+        "each validation (too few steps an epoch for running averages)"
+    )
+
+
+def _steps_fact(trainer: Trainer) -> str:
+    """Optimiser steps an epoch, and the images a dropped last partial batch leaves out."""
+    loader = trainer.train_loader
+    steps = len(loader)
+    text = f"{steps} step{'' if steps == 1 else 's'} an epoch"
+    per_process = len(loader.dataset) // trainer.world_size
+    if loader.drop_last and per_process % loader.batch_size:
+        left = per_process % loader.batch_size
+        text += f" ({left} of {per_process} images left out of each, a different {left} each time)"
+    return text
+
+
+def few_steps_hint(steps: int) -> str:
+    """For the "learnt nothing" warning: a run of few steps an epoch made few updates."""
+    if steps >= FEW_STEPS:
+        return ""
+    return (
+        f"; with {steps} step{'' if steps == 1 else 's'} an epoch the model was updated only a "
+        "few times: a smaller --batch-size or more --epochs gives it more updates"
     )
 
 
@@ -347,9 +370,10 @@ def _summarise(config: TrainConfig, trainer: Trainer, splits: Splits, run_dir, e
             "the model learnt nothing: its best val loss %.4f is no better than the %.4f of "
             "answering every class as equally likely, nor its accuracy than always answering "
             "the most common class. Check the images and their class folders, or train longer "
-            "or with another --lr.",
+            "or with another --lr%s.",
             min(h["val_loss"] for h in history),
             chance,
+            few_steps_hint(len(trainer.train_loader)),
         )
     best_checkpoint: str | None = str(run_dir / "best.pt")
     if env.writes and not (run_dir / "best.pt").exists():
