@@ -3,7 +3,8 @@ real image folder, an untrained digits checkpoint (fast tests train nothing) and
 trained run (for slow tests that need a model that has learnt something).
 
 Factories are fixtures that return a function (`make_info`, `make_model`, `make_checkpoint`,
-`make_folder`, `make_exif_jpegs`), so test modules never import from each other."""
+`make_folder`, `make_shapes`, `make_exif_jpegs`), so test modules never import from each
+other."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from toolkit.artifacts.checkpoint import save_checkpoint
 from toolkit.artifacts.metadata import ArtifactInfo, DataSource, ModelSpec, Preprocessing
@@ -131,6 +132,60 @@ def _folder(root: Path, classes=("cat", "dog"), per_class=5, size=(20, 24), mode
     return root
 
 
+def _shape_picture(rng, shape: int, size: tuple[int, int], mode: str) -> Image.Image:
+    """A circle, square or triangle (by `shape`) on a shaded, noisy background, blurred a
+    little: small pictures a classifier has to learn, not memorise pixel by pixel."""
+    width, height = size
+    base = rng.uniform(60, 190)
+    slope_x, slope_y = rng.uniform(-60, 60, 2)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = base + slope_x * xx / width + slope_y * yy / height
+    background = background + rng.normal(0, 12, (height, width))
+    if mode == "RGB":
+        background = background[..., None] * rng.uniform(0.7, 1.3, 3)
+    picture = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), mode)
+    draw = ImageDraw.Draw(picture)
+    r = rng.uniform(0.2, 0.35) * min(width, height)
+    x, y = rng.uniform(0.35, 0.65) * width, rng.uniform(0.35, 0.65) * height
+    shade = int(np.clip(255 - base + rng.normal(0, 20), 0, 255))
+    fill = (shade, int(rng.uniform(0, 255)), 255 - shade) if mode == "RGB" else shade
+    if shape == 0:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif shape == 1:
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+    else:
+        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
+    return picture.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+
+
+def _shapes(
+    root: Path,
+    classes=("circle", "square"),
+    per_class: int = 80,
+    mode: str = "L",
+    sizes=((25, 25),),
+    seed: int = 0,
+) -> Path:
+    """A small real-looking image folder `root/<class>/<i>.png|jpg`: one shape per class
+    (circle, square, triangle), half PNG and half JPEG, of the given sizes; in RGB every
+    fourth JPEG is stored turned and tagged with EXIF orientation 6."""
+    rng = np.random.default_rng(seed)
+    for shape, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            picture = _shape_picture(rng, shape, sizes[rng.integers(len(sizes))], mode)
+            if i % 2 == 0:
+                picture.save(root / name / f"{i}.png")
+            elif mode == "RGB" and i % 4 == 1:
+                exif = Image.Exif()
+                exif[0x0112] = 6  # "rotate 90° clockwise to display"
+                turned = picture.transpose(Image.Transpose.ROTATE_90)
+                turned.save(root / name / f"{i}.jpg", quality=85, exif=exif)
+            else:
+                picture.save(root / name / f"{i}.jpg", quality=85)
+    return root
+
+
 def _exif_jpegs(folder: Path) -> tuple[Path, Path]:
     """The same 48×32 picture as `folder/upright.jpg` and as `folder/turned.jpg`, stored turned
     a quarter and tagged EXIF orientation 6 (16-pixel single-colour blocks survive JPEG
@@ -149,6 +204,11 @@ def _exif_jpegs(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def make_exif_jpegs():
     return _exif_jpegs
+
+
+@pytest.fixture(scope="session")
+def make_shapes():
+    return _shapes
 
 
 @pytest.fixture(scope="session")

@@ -222,3 +222,17 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
         pixels = np.asarray(load_image(tmp_path / "deep.png", channels))
         gray = pixels if channels == 1 else pixels[..., 0]
         assert gray.tolist() == levels.tolist()  # 257 * v >> 8 == v
+
+
+def test_a_folder_of_grayscale_images_trains_on_one_channel(tmp_path, make_shapes, make_folder):
+    from toolkit.data import is_grayscale_folder
+    from toolkit.training.config import TrainConfig
+
+    gray = make_shapes(tmp_path / "gray", per_class=4)  # PNG "L" and grayscale JPEG
+    colour = make_shapes(tmp_path / "colour", per_class=4, mode="RGB")
+    mixed = make_folder(make_shapes(tmp_path / "mixed", per_class=4), classes=("rgb",))
+    assert is_grayscale_folder(str(gray)) and not is_grayscale_folder(str(colour))
+    assert not is_grayscale_folder(str(mixed))
+    assert TrainConfig(data=str(gray)).resolved().channels == 1
+    assert TrainConfig(data=str(colour)).resolved().channels == 3
+    assert TrainConfig(data=str(gray), channels=3).resolved().channels == 3  # asked for

@@ -142,6 +142,7 @@ def test_deploy_smoke_tests_the_served_model(tiny_run, tmp_path):
         (["--variants", "compile-fp32"], "can package torchscript-fp32, onnx-fp32"),
         (["--variants", "fast"], "unknown variant 'fast'"),
         (["--model", "resnet18"], "--model choose what to train: not with a CHECKPOINT"),
+        (["--channels", "1", "--lr", "0.1"], "--channels, --lr choose what to train: not with"),
     ],
 )
 def test_deploy_options_are_checked_before_any_work(
@@ -191,3 +192,47 @@ def test_the_report_warns_when_the_model_learnt_nothing(tmp_path):
     assert "does no better than chance" in format_markdown(report)
     report.training = {"reused": False}
     assert "chance" not in format_markdown(report)
+
+
+@pytest.mark.slow
+def test_deploy_goes_through_on_a_small_set_with_training_and_packaging_options(
+    dlkit, tmp_path, make_shapes
+):
+    """80 images (64 to train on): fewer than static int8's 256 calibration images."""
+    data = make_shapes(tmp_path / "shapes", per_class=40)
+    common = ["--data", data, "--model", "simplenet", "--image-size", "16", "--epochs", "1"]
+    common += ["--channels", "1", "--lr", "0.01", "--batch-size", "16"]
+    common += ["--variants", "onnx-int8-static", "--batch-sizes", "1,4", "--bench-seconds", "0.05"]
+    run, repo = tmp_path / "run", tmp_path / "repo"
+    result = dlkit("deploy", *common, "--out", run, "--repo", repo, "--backend", "python",
+                   "--preprocess", "--no-smoke-test", "--json")  # fmt: skip
+    report = json.loads(result.stdout)
+    trained = json.loads((run / "train" / "config.json").read_text())
+    assert (trained["channels"], trained["lr"], trained["batch_size"]) == (1, 0.01, 16)
+    static = next(v for v in report["variants"] if v["name"] == "onnx-int8-static")
+    assert "calibrated on all 64 training images" in static["note"]
+    assert "calibrating on all 64 images" in result.stderr
+    assert static["samples"] == 16 and report["selected"]["samples"] == 16
+    assert 'backend: "python"' in (repo / "classifier" / "config.pbtxt").read_text()
+    assert (repo / "classifier_ensemble").is_dir() and not (
+        repo / "classifier_fallback_ensemble"
+    ).exists()
+    assert "on 16 validation images" in (run / "report.md").read_text()
+
+    # A later stage that fails names the trained checkpoint to continue from.
+    failed = dlkit("deploy", *common, "--out", run, "--repo", repo, "--backend", "python",
+                   "--calib-samples", "500", "--no-smoke-test", expect=1).output  # fmt: skip
+    assert "deploy failed at stage 'quantize': only 64 calibration images" in failed
+    assert f"The trained model is {run / 'train' / 'best.pt'}: `dlkit deploy " in failed
+
+
+@pytest.mark.slow
+def test_a_backend_the_server_here_cannot_serve_skips_the_smoke_test(tiny_run, tmp_path):
+    from toolkit.triton.server import find_tritonserver
+
+    if "onnxruntime" in find_tritonserver().backends():
+        pytest.skip("this tritonserver serves the native backend")
+    options = dict(backend="native", smoke_test=True, variants=("onnx-fp32",))
+    report = deploy(quick(tiny_run, tmp_path, **options)).to_dict()
+    assert report["smoke_test"] is None and report["packaged"][0]["backend"] == "native"
+    assert "the tritonserver here cannot serve it" in report["skipped_stages"]["smoke test"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -161,3 +163,23 @@ def test_the_confusion_matrix_is_headed_by_class_names(
     header = lines.index("confusion matrix (rows: true, columns: predicted)") + 1
     assert lines[header].split() == ["c0", "c1", "c2"]
     assert [row.split()[0] for row in lines[header + 1 : header + 4]] == ["c0", "c1", "c2"]
+
+
+def test_predict_counts_right_answers_and_draws_only_mistakes(
+    dlkit, digits_checkpoint, digits_dir, tmp_path
+):
+    images = [p for d in "34" for p in sorted((digits_dir / "val" / d).glob("*.png"))[:6]]
+    out = dlkit.json("predict", digits_checkpoint, *images)
+    right = sum(p["top_k"][0]["label"] == Path(p["image"]).parent.name for p in out["predictions"])
+    assert (out["correct"], out["labelled"]) == (right, 12) and right < 12  # untrained
+    text = dlkit("predict", digits_checkpoint, *images).output
+    assert f"{right}/12 correct" in text
+    grid = tmp_path / "mistakes.png"
+    wrong = dlkit.json("predict", digits_checkpoint, *images, "--mistakes-only", "--grid", grid)
+    assert len(wrong["predictions"]) == 12 - right and wrong["grid"] == str(grid)
+    assert all(p["top_k"][0]["label"] != Path(p["image"]).parent.name for p in wrong["predictions"])
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+    unlabelled = tmp_path / "loose.png"
+    unlabelled.write_bytes(images[0].read_bytes())
+    refused = dlkit("predict", digits_checkpoint, unlabelled, "--mistakes-only", expect=1)
+    assert "--mistakes-only needs images in folders named after" in refused.output

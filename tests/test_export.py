@@ -224,3 +224,30 @@ def test_parity_falls_back_to_random_inputs_with_a_warning(make_info, caplog):
     _, kind = parity_batches(info)
     assert kind == "random"
     assert "/gone/photos" in caplog.text and "random inputs" in caplog.text
+
+
+def test_both_formats_write_the_missing_one_and_keep_the_existing_one(
+    dlkit, tmp_path, make_checkpoint
+):
+    checkpoint = make_checkpoint(tmp_path / "a" / "m.pt", "simplenet", 1, 8, 2)
+    out = tmp_path / "out"
+    dlkit("export", checkpoint, "--onnx", "--out", out)
+    onnx_bytes = (out / "m.onnx").read_bytes()
+    result = dlkit("export", checkpoint, "--out", out)
+    assert "exists, kept (--force replaces it); parity ok" in result.output
+    assert (out / "m.onnx").read_bytes() == onnx_bytes and (out / "m.torchscript.pt").is_file()
+    both = dlkit("export", checkpoint, "--out", out, expect=1).output
+    assert "m.onnx and " in both and "m.torchscript.pt exist; pass --force" in both
+
+    # An existing file made from other weights is not kept beside a new export of these.
+    from toolkit.artifacts.checkpoint import read_checkpoint_file, save_checkpoint
+
+    state = read_checkpoint_file(checkpoint)
+    state["model_state"] = {k: v + 0.5 for k, v in state["model_state"].items()}
+    other = tmp_path / "b" / "m.pt"
+    other.parent.mkdir()
+    save_checkpoint(state, other)
+    (out / "m.torchscript.pt").unlink()
+    stale = dlkit("export", other, "--out", out, expect=1).output
+    assert "m.onnx exists and does not match this model" in stale
+    assert not (out / "m.torchscript.pt").exists()

@@ -63,8 +63,11 @@ def test_pretrained_weights_from_the_hub_cache(tmp_path):
     torch.save(reference.state_dict(), hub / "checkpoints" / Path(url).name)
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(hub))
+    notes: list[str] = []
     try:
-        model, _ = create_model("mobilenet_v3_small", 4, in_channels=1, pretrained=True)
+        model, _ = create_model(
+            "mobilenet_v3_small", 4, in_channels=1, pretrained=True, notes=notes
+        )
     finally:
         torch.hub.set_dir(old)
     # Backbone weights carried over; the head is new; grayscale conv sums the RGB filters.
@@ -75,6 +78,11 @@ def test_pretrained_weights_from_the_hub_cache(tmp_path):
     assert torch.allclose(
         model.features[0][0].weight, reference.features[0][0].weight.sum(1, keepdim=True)
     )
+    assert notes == [  # what the run summary says
+        "torchvision's default mobilenet_v3_small weights loaded",
+        "classifier head replaced: 1000 → 4 classes, new weights",
+        "first convolution adapted to 1 channel(s) (RGB filters summed)",
+    ]
 
 
 def test_weights_from_a_local_backbone_or_finished_model(tmp_path):
@@ -82,13 +90,24 @@ def test_weights_from_a_local_backbone_or_finished_model(tmp_path):
 
     backbone = torchvision.models.resnet18()
     torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
-    model, _ = create_model("resnet18", 3, weights=read_state_dict(tmp_path / "backbone.pt"))
+    notes: list[str] = []
+    weights = read_state_dict(tmp_path / "backbone.pt")
+    model, _ = create_model("resnet18", 3, weights=weights, weights_source="b.pt", notes=notes)
     assert torch.equal(model.layer1[0].conv1.weight, backbone.layer1[0].conv1.weight)
     assert model.fc.out_features == 3
+    assert notes == [
+        "weights loaded from b.pt (as torchvision defines resnet18)",
+        "classifier head replaced: 1000 → 3 classes, new weights",
+    ]
 
     torch.save(model.state_dict(), tmp_path / "finished.pt")
-    again, _ = create_model("resnet18", 3, weights=read_state_dict(tmp_path / "finished.pt"))
+    notes.clear()
+    weights = read_state_dict(tmp_path / "finished.pt")
+    again, _ = create_model("resnet18", 3, weights=weights, weights_source="f.pt", notes=notes)
     assert torch.equal(again.fc.weight, model.fc.weight)
+    assert notes == ["weights loaded from f.pt (the whole model, head included)"]
+    create_model("resnet18", 3, notes=notes)
+    assert len(notes) == 1  # random weights: nothing loaded, no head worth mentioning
 
     with pytest.raises(DlkitError, match="do not fit"):
         create_model("resnet34", 3, weights=read_state_dict(tmp_path / "finished.pt"))

@@ -80,3 +80,21 @@ def test_prediction_grid_titles_and_colours():
     assert [t for t, _ in shown] == titles
     assert [c for _, c in shown] == ["tab:green", "tab:red", "black"]
     pyplot().close(fig)
+
+
+def test_grid_columns_grow_with_the_number_of_pictures():
+    from toolkit.plots import grid_shape
+
+    assert grid_shape(4) == (4, 1) and grid_shape(12) == (6, 2)
+    cols, rows = grid_shape(200)
+    assert cols * rows >= 200 and cols >= 14 and rows <= cols + 1
+
+
+def test_a_grid_of_many_predictions_is_headed_by_its_score_and_not_a_strip():
+    images = [np.zeros((8, 8), dtype=np.uint8)] * 200
+    fig = predictions_figure(images, ["x"] * 200, [False] * 183 + [True] * 17, "183/200 correct")
+    width, height = fig.get_size_inches()
+    assert fig._suptitle.get_text() == "183/200 correct"
+    assert 0.5 < height / width < 2  # 6 columns made it 1440x9860 pixels
+    assert width * fig.dpi <= 4000 and height * fig.dpi <= 4000
+    pyplot().close(fig)

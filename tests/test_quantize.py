@@ -145,6 +145,44 @@ def test_calibration_from_an_image_folder(digits_checkpoint, digits_dir):
         calibration_samples(info, 0)
 
 
+@pytest.fixture
+def small_set_onnx(tmp_path, make_shapes, make_checkpoint) -> Path:
+    """An untrained smallresnet on a folder of 40 images (32 for training), as ONNX."""
+    from toolkit.artifacts.metadata import DataSource
+
+    folder = make_shapes(tmp_path / "shapes", per_class=20)
+    source = DataSource(dataset=None, data=str(folder))
+    checkpoint = make_checkpoint(tmp_path / "m.pt", "smallresnet", 1, 16, 2, source)
+    [result] = export_checkpoint(checkpoint, tmp_path, ("onnx",))
+    return Path(result.path)
+
+
+def test_static_calibrates_on_what_a_small_set_has_and_says_so(dlkit, small_set_onnx, tmp_path):
+    out = tmp_path / "s.onnx"
+    args = ("quantize", small_set_onnx, "--mode", "static", "--max-accuracy-drop", "100")
+    result = dlkit(*args, "--out", out, "--json")
+    report = json.loads(result.stdout)
+    assert report["kept"] and report["details"]["calibration_samples"] == 32
+    assert "all 32 training images" in report["details"]["calibration_note"]
+    assert "calibrating on all 32 images" in result.stderr
+    assert read_artifact_info(out).quantization["calibration_samples"] == 32
+    # A number asked for explicitly that the set does not have is still refused.
+    refused = dlkit(*args, "--calib-samples", "33", "--out", tmp_path / "t.onnx", expect=1)
+    assert "only 32 calibration images" in refused.output and "asked for 33" in refused.output
+
+
+def test_dynamic_warns_that_convolutions_run_slower(dlkit, small_set_onnx, tmp_path):
+    out = tmp_path / "d.onnx"
+    args = ("quantize", small_set_onnx, "--mode", "dynamic", "--max-accuracy-drop", "100")
+    result = dlkit(*args, "--out", out)
+    assert "warning: dynamic int8 usually runs convolutional models slower" in result.stderr
+    assert "--mode static" in result.stderr
+    assert "on 8 validation images" in result.stdout  # what the verdict rests on
+    assert json.loads(dlkit(*args, "--out", tmp_path / "e.onnx", "--json").stdout)["details"][
+        "speed_warning"
+    ].startswith("dynamic int8 usually")
+
+
 @pytest.mark.slow
 def test_pytorch_native_int8(tiny_run):
     from toolkit.artifacts.checkpoint import load_model

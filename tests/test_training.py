@@ -558,6 +558,28 @@ def test_startup_summary_threads_and_class_weights(dlkit, tmp_path, make_folder)
 
 
 @pytest.mark.slow
+def test_startup_summary_names_the_weights_and_a_grayscale_folder(dlkit, tmp_path, make_shapes):
+    from toolkit.training.models import create_model
+
+    folder = make_shapes(tmp_path / "gray", per_class=10)
+    model, _ = create_model("simplenet", 2, in_channels=1, image_size=16)
+    torch.save(model.state_dict(), tmp_path / "start.pt")
+    args = quick("--data", folder, "--epochs", "1", "--weights", tmp_path / "start.pt")
+    lines = dlkit("train", *args, "--out", tmp_path / "r").stderr.splitlines()
+    assert (
+        "  input          16x16, 1 channel (every image is grayscale; --channels 3 trains on RGB)"
+        in lines
+    )
+    assert f"  weights        weights loaded from {tmp_path / 'start.pt'}" in lines
+    args = quick("--data", folder, "--epochs", "1", "--channels", "3", "--batch-size", "6")
+    random_start = dlkit("train", *args, "--out", tmp_path / "s").stderr.splitlines()
+    assert "  weights        random (no --pretrained or --weights)" in random_start
+    steps = "2 steps an epoch (4 of 16 images left out of each, a different 4 each time)"
+    assert f"  epochs         1 of batch 6, {steps}" in random_start
+    assert any("3 channels (every image is grayscale: --channels 1" in x for x in random_start)
+
+
+@pytest.mark.slow
 def test_early_stopping_says_why_and_the_summary_names_the_monitor(dlkit, tmp_path):
     args = quick("--epochs", "10", "--lr", "1e-12", "--early-stopping", "2", "--min-delta", "0.01")
     result = dlkit("train", *args, "--monitor", "val_loss", "--out", tmp_path / "r")
@@ -573,6 +595,7 @@ def test_a_model_that_learns_nothing_is_flagged(dlkit, tmp_path, make_folder):
                    "--out", tmp_path / "r")  # fmt: skip
     summary = json.loads(result.stdout)
     assert summary["learned"] is False and summary["chance_val_loss"] == pytest.approx(math.log(2))
+    assert "with 1 step an epoch the model was updated only a few times" in result.stderr
     assert "the model learnt nothing" in result.stderr
 
 

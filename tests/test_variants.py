@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from toolkit.errors import DlkitError
-from toolkit.variants.gate import Gate, GateStatus, compare_with_baseline, mcnemar_worse_p
+from toolkit.variants.gate import (
+    Z95,
+    Gate,
+    GateStatus,
+    compare_with_baseline,
+    mcnemar_worse_p,
+    paired_drop_interval,
+)
 from toolkit.variants.registry import (
     default_variants,
     deploy_candidates,
@@ -56,6 +63,27 @@ def test_within_budget_passes_and_agreement_counts_both_ways():
     assert c.passed and c.accuracy_drop_points == 0.0
     assert c.top1_agreement == pytest.approx(0.98)
     assert (c.baseline_only_right, c.variant_only_right) == (1, 1)
+
+
+def test_no_disagreement_on_few_images_is_not_certainty():
+    # The case: 36 validation images, the variant agrees on every one. The drop's
+    # interval must still span what 36 images cannot rule out (Tango: ±z²/(n + z²)).
+    c = compare_with_baseline(*answers(36, 0, 0), max_accuracy_drop=1.0)
+    bound = 100 * Z95**2 / (36 + Z95**2)
+    assert c.drop_ci_points == pytest.approx((-bound, bound))
+    assert bound > 9 and c.passed and c.samples == 36
+    more = compare_with_baseline(*answers(3600, 0, 0), max_accuracy_drop=1.0)
+    assert more.drop_ci_points[1] < 0.2  # more images, a narrower interval
+    one = compare_with_baseline(*answers(36, 1, 0), max_accuracy_drop=1.0)
+    assert "36 validation images cannot resolve a 1-point budget" in one.note
+
+
+def test_the_paired_interval_holds_its_estimate_and_its_bounds():
+    for b, c, n in ((0, 0, 10), (3, 1, 50), (1, 7, 21), (30, 2, 400), (5, 0, 5), (0, 5, 5)):
+        low, high = paired_drop_interval(b, c, n)
+        assert -1 <= low <= (b - c) / n <= high <= 1 and high > low
+        assert paired_drop_interval(c, b, n) == pytest.approx((-high, -low))  # mirror image
+    assert paired_drop_interval(5, 0, 5)[1] == 1.0 and paired_drop_interval(0, 5, 5)[0] == -1.0
 
 
 def test_mcnemar_exact_tail():

@@ -6,6 +6,7 @@ training, evaluation, calibration and serving all see the same pixels.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import unicodedata
@@ -209,6 +210,32 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[tuple[str, int]], l
             )
         samples += [(str(p), label) for p in files]
     return samples, classes
+
+
+# Image modes that hold no colour (1-bit, 8/16/32-bit gray, gray with alpha, float gray).
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# Enough files to tell a grayscale folder from a colour one, without opening every file.
+GRAY_CHECK_FILES = 2000
+
+
+@functools.lru_cache(maxsize=8)
+def is_grayscale_folder(root: str) -> bool:
+    """Whether the images under `root` are all stored as grayscale (PNG "L", grayscale
+    JPEG, 16-bit PNG, ...), judged from the headers of up to GRAY_CHECK_FILES files spread
+    over the folder. A folder that cannot be read is not (training then says why)."""
+    try:
+        files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError:
+        return False
+    step = max(1, len(files) // GRAY_CHECK_FILES)
+    for path in files[::step]:
+        try:
+            with Image.open(path) as img:
+                if img.mode not in GRAY_MODES:
+                    return False
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+            return False
+    return bool(files)
 
 
 def stratified_split(

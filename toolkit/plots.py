@@ -63,23 +63,34 @@ def plot_predictions(
     titles: Sequence[str],
     path: str | os.PathLike,
     wrong: Sequence[bool | None] | None = None,
+    title: str = "",
 ) -> None:
-    """A grid of images (H×W or H×W×3 uint8) with a title under each; `wrong[i]` colours a
-    title red (a wrong prediction), green (a right one) or leaves it black (None: unknown)."""
-    save_figure(predictions_figure(images, titles, wrong), path)
+    """A grid of images (H×W or H×W×3 uint8) with a caption under each; `wrong[i]` colours a
+    caption red (a wrong prediction), green (a right one) or leaves it black (None: unknown).
+    `title` heads the figure (a summary such as "183/200 correct")."""
+    save_figure(predictions_figure(images, titles, wrong, title), path)
 
 
-def predictions_figure(images, titles, wrong=None):
+def grid_shape(count: int) -> tuple[int, int]:
+    """Columns and rows for `count` pictures: up to 6 in a row, more for a large set, so the
+    grid stays about square instead of a strip many times taller than wide."""
+    cols = min(count, max(6, math.ceil(math.sqrt(count))))
+    return cols, -(-count // cols)
+
+
+def predictions_figure(images, titles, wrong=None, title: str = ""):
     """The figure `plot_predictions` saves."""
     plt = pyplot()
     wrong = list(wrong) if wrong is not None else [None] * len(images)
-    cols = min(len(images), 6)
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.9 * rows), squeeze=False)
+    cols, rows = grid_shape(len(images))
+    tile = 1.0 if len(images) <= 36 else 0.7  # large grids: smaller tiles, smaller captions
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * tile * cols, 2.9 * tile * rows), squeeze=False
+    )
     for ax in axes.flat[len(images) :]:
         ax.axis("off")
     colours = {True: "tab:red", False: "tab:green", None: "black"}
-    for ax, image, title, bad in zip(axes.flat, images, titles, wrong, strict=False):
+    for ax, image, caption, bad in zip(axes.flat, images, titles, wrong, strict=False):
         if image.ndim == 2:  # grayscale as it is, not stretched to its own darkest and lightest
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         else:
@@ -88,7 +99,9 @@ def predictions_figure(images, titles, wrong=None):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.spines[:].set_visible(False)
-        ax.set_xlabel(title, fontsize=8, color=colours[bad])
+        ax.set_xlabel(caption, fontsize=8 if tile == 1 else 6, color=colours[bad])
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.choices import Dataset, Objective
+from toolkit.choices import Backend, Dataset, Objective
 from toolkit.commands.output import (
     choice,
     finite,
@@ -34,6 +34,27 @@ from toolkit.commands.output import (
     "--image-size",
     type=click.IntRange(8, 4096),
     help="Training image size when no CHECKPOINT is given.",
+)
+@click.option(
+    "--channels",
+    type=click.Choice(["1", "3"]),
+    help="1 grayscale or 3 RGB, when no CHECKPOINT is given (as `dlkit train --channels`).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    callback=finite(0, 100, above=True),
+    help="Peak learning rate, when no CHECKPOINT is given.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1_000_000),
+    help="Training batch size, when no CHECKPOINT is given.",
+)
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(1, 1_000_000),
+    help="Static int8 calibration images [default: 256, or all training images when fewer].",
 )
 @click.option(
     "--variants",
@@ -84,6 +105,17 @@ from toolkit.commands.output import (
 )
 @repo_option
 @click.option(
+    "--backend",
+    type=choice(Backend),
+    help="Triton backend for the packaged models [default: native where this machine's "
+    "tritonserver has ONNX Runtime, else python].",
+)
+@click.option(
+    "--preprocess",
+    is_flag=True,
+    help="Also package an ensemble that takes image files (as `dlkit package --preprocess`).",
+)
+@click.option(
     "--name",
     default="classifier",
     show_default=True,
@@ -112,6 +144,10 @@ def deploy(
     epochs,
     model,
     image_size,
+    channels,
+    lr,
+    batch_size,
+    calib_samples,
     variants,
     device,
     max_accuracy_drop,
@@ -123,6 +159,8 @@ def deploy(
     tune_objective,
     tune_minutes,
     repo,
+    backend,
+    preprocess,
     name,
     smoke_test,
     serve,
@@ -145,6 +183,12 @@ def deploy(
         epochs=epochs,
         model=model,
         image_size=image_size,
+        channels=int(channels) if channels else None,
+        lr=lr,
+        batch_size=batch_size,
+        calib_samples=calib_samples,
+        backend=backend,
+        preprocess=preprocess,
         variants=tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else None,
         device=device,
         max_accuracy_drop=max_accuracy_drop,
@@ -187,8 +231,9 @@ def _print_summary(report) -> None:
         claim = f" ({speedup:.2f}x eager fp32)"
     elif speedup:
         claim = " (no speed-up claimed: the timings did not settle; see the report)"
+    images = f" on {selected.samples} validation images" if selected.samples else ""
     click.echo(
-        f"selected {selected.name}: accuracy {selected.accuracy:.4f}, "
+        f"selected {selected.name}: accuracy {selected.accuracy:.4f}{images}, "
         f"p50 {selected.latency_ms['p50']:.3f} ms{claim}"
     )
     for model in report.packaged:

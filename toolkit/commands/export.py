@@ -88,6 +88,8 @@ def export(ctx, checkpoint, formats, out, opset, static_batch, atol, rtol, force
         for r in results:
             p = r.parity
             verdict = "parity ok" if r.kept else "PARITY FAILED, not kept"
+            if r.details.get("existing"):
+                verdict = "exists, kept (--force replaces it); parity ok"
             click.echo(
                 f"{r.format:<12} {r.path}  {verdict}: max abs err {p.max_abs_err:.2e}, "
                 f"max rel err {p.max_rel_err:.2e}, cosine {p.cosine:.6f}, "

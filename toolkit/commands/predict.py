@@ -20,6 +20,11 @@ from toolkit.commands.output import choice, finite, json_option, print_json, tru
     help="Save a PNG of the images with their predictions.",
 )
 @click.option(
+    "--mistakes-only",
+    is_flag=True,
+    help="List and draw only the wrong answers (images in a folder named after a class).",
+)
+@click.option(
     "--url",
     "urls",
     multiple=True,
@@ -43,7 +48,7 @@ from toolkit.commands.output import choice, finite, json_option, print_json, tru
 @trust_option
 @json_option
 def predict(
-    paths, top_k, device, grid, urls, served_model, protocol, timeout, trust, as_json
+    paths, top_k, device, grid, mistakes_only, urls, served_model, protocol, timeout, trust, as_json
 ) -> None:
     """Classify images with MODEL: class names and probabilities.
 
@@ -56,10 +61,9 @@ def predict(
 
     if urls:
         images = find_images(paths)
-        ranked, channels, model_path = _predict_served(
+        ranked, channels, model_path, classes = _predict_served(
             list(urls), served_model, protocol, images, top_k, timeout
         )
-        classes = None
     else:
         if served_model or protocol:
             raise DlkitError("--model and --protocol go with --url")
@@ -67,17 +71,34 @@ def predict(
             raise DlkitError("give a MODEL file and at least one IMAGE (or --url for a server)")
         model_path, images = paths[0], find_images(paths[1:])
         ranked, channels, classes = _predict_local(model_path, images, top_k, device, trust)
-    results = [{"image": str(p), "top_k": r} for p, r in zip(images, ranked, strict=True)]
-    if grid:
-        _save_grid(images, ranked, channels, grid, classes)
+    truths = true_labels(images, classes)
+    score = correct_count(ranked, truths)
+    shown = list(range(len(images)))
+    if mistakes_only:
+        if score is None:
+            raise DlkitError(
+                "--mistakes-only needs images in folders named after the model's classes "
+                "(DIR/<class>/<image>), to know which answers are wrong"
+            )
+        shown = [i for i, t in enumerate(truths) if t is not None and ranked[i][0]["label"] != t]
+    picked = [images[i] for i in shown], [ranked[i] for i in shown]
+    if grid and shown:
+        title = summary_line(score) + (f"; the {len(shown)} wrong" if mistakes_only else "")
+        _save_grid(*picked, channels, grid, classes, title)
+    results = [{"image": str(p), "top_k": r} for p, r in zip(*picked, strict=True)]
     if as_json:
-        print_json({"model": str(model_path), "predictions": results, "grid": grid})
+        out = {"model": str(model_path), "predictions": results, "grid": grid if shown else None}
+        if score is not None:
+            out |= {"correct": score[0], "labelled": score[1]}
+        print_json(out)
         return
     for result in results:
         best = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in result["top_k"])
         click.echo(f"{result['image']}: {best}")
+    if score is not None:
+        click.echo(summary_line(score))
     if grid:
-        click.echo(f"grid: {grid}")
+        click.echo(f"grid: {grid}" if shown else "grid: not written (no wrong answers to draw)")
 
 
 def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
@@ -103,11 +124,11 @@ def _predict_served(urls: list[str], model, protocol, images, top_k: int, timeou
         raise DlkitError("--url needs --model NAME (the served model to ask)")
     with TritonClient(urls, protocol=protocol, timeout=timeout) as client:
         ranked = client.classify(model, list(images), top_k)
-        channels = client.info(model).preprocessing.channels
-    return ranked, channels, f"{client.url}/{model}"
+        info = client.info(model)
+    return ranked, info.preprocessing.channels, f"{client.url}/{model}", info.classes
 
 
-def _save_grid(paths, ranked, channels: int, out: str, classes=None) -> None:
+def _save_grid(paths, ranked, channels: int, out: str, classes, title: str) -> None:
     import numpy as np
 
     from toolkit.data import load_image
@@ -115,7 +136,30 @@ def _save_grid(paths, ranked, channels: int, out: str, classes=None) -> None:
 
     pictures = [np.asarray(load_image(p, channels)) for p in paths]
     titles, wrong = grid_captions(paths, ranked, classes)
-    plot_predictions(pictures, titles, out, wrong)
+    plot_predictions(pictures, titles, out, wrong, title=title)
+
+
+def true_labels(paths, classes) -> list[str | None]:
+    """Each image's true class: the name of its folder when that is one of `classes`."""
+    from pathlib import Path
+
+    return [Path(p).parent.name if Path(p).parent.name in (classes or ()) else None for p in paths]
+
+
+def correct_count(ranked, truths) -> tuple[int, int] | None:
+    """(right answers, images with a known class), or None when no class is known."""
+    known = [(top, t) for top, t in zip(ranked, truths, strict=True) if t is not None]
+    if not known:
+        return None
+    return sum(top[0]["label"] == t for top, t in known), len(known)
+
+
+def summary_line(score: tuple[int, int] | None) -> str:
+    """`183/200 correct (91.5%)`, counting the images whose class their folder names."""
+    if score is None:
+        return ""
+    right, known = score
+    return f"{right}/{known} correct ({right / known:.1%}; true class from each image's folder)"
 
 
 def grid_captions(paths, ranked, classes=None) -> tuple[list[str], list[bool | None]]:
@@ -124,11 +168,10 @@ def grid_captions(paths, ranked, classes=None) -> tuple[list[str], list[bool | N
     from pathlib import Path
 
     titles, wrong = [], []
-    for path, top in zip(paths, ranked, strict=True):
+    for path, top, truth in zip(paths, ranked, true_labels(paths, classes), strict=True):
         name = Path(path).name
         name = name if len(name) <= 24 else name[:11] + "…" + name[-12:]
-        truth = Path(path).parent.name
-        bad = top[0]["label"] != truth if truth in (classes or ()) else None
+        bad = top[0]["label"] != truth if truth is not None else None
         answer = f"{top[0]['label']} ({top[0]['probability']:.2f})"
         titles.append(f"{name}\n{answer}" + (f"\nwrong: true {truth}" if bad else ""))
         wrong.append(bad)

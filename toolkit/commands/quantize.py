@@ -23,7 +23,11 @@ from toolkit.commands.output import choice, json_option, max_accuracy_drop_optio
     "Default: the model's training split.",
 )
 @click.option("--dataset", type=choice(Dataset), help="Calibrate on an embedded dataset.")
-@click.option("--calib-samples", type=click.IntRange(1, 1_000_000), default=256, show_default=True)
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(1, 1_000_000),
+    help="Calibration images (static) [default: 256, or all there are when fewer].",
+)
 @click.option(
     "--method",
     type=choice(CalibrationMethod),
@@ -87,12 +91,14 @@ def quantize(
         low, high = c.drop_ci_points
         click.echo(
             f"{result.path}: {mode}, accuracy {c.accuracy:.4f} vs {c.baseline_accuracy:.4f} fp32 "
-            f"(drop {c.accuracy_drop_points:.2f} points, 95% interval {low:.2f} to {high:.2f}; "
-            f"top-1 agreement {c.top1_agreement:.3f}), {result.size_bytes / 1e6:.2f} MB "
-            f"({ratio:.0%} of fp32)"
+            f"on {c.samples} validation images (drop {c.accuracy_drop_points:.2f} points, 95% "
+            f"interval {low:.2f} to {high:.2f}; top-1 agreement {c.top1_agreement:.3f}), "
+            f"{result.size_bytes / 1e6:.2f} MB ({ratio:.0%} of fp32)"
         )
     if c.note:
         click.echo(f"note: {c.note}", err=True)
+    if result.details.get("speed_warning"):
+        click.echo(f"warning: {result.details['speed_warning']}", err=True)
     if not result.passed:
         click.echo(f"Error: {mode} {c.gate.reason}; the variant was not kept", err=True)
         ctx.exit(1)

@@ -63,6 +63,12 @@ class DeployConfig:
     tune_minutes: float = 2.0
     tune_concurrency: tuple[int, ...] = (1, 4, 16)
     tune_window_seconds: float = 1.0
+    calib_samples: int | None = None  # static int8: 256, or all training images if fewer
+    channels: int | None = None  # training settings when no checkpoint is given
+    lr: float | None = None
+    batch_size: int | None = None
+    preprocess: bool = False  # package an image-bytes ensemble with the selected model
+    backend: str | None = None  # Triton backend; None: what this machine's server can serve
 
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
@@ -98,6 +104,11 @@ def deploy(config: DeployConfig) -> DeployReport:
     resolve_device(config.device)
     training = {"--data": config.data, "--dataset": config.dataset, "--epochs": config.epochs}
     training |= {"--model": config.model, "--image-size": config.image_size}
+    training |= {
+        "--channels": config.channels,
+        "--lr": config.lr,
+        "--batch-size": config.batch_size,
+    }
     given = [option for option, value in training.items() if value]
     if config.checkpoint and given:
         raise DlkitError(f"{', '.join(given)} choose what to train: not with a CHECKPOINT")
@@ -119,9 +130,15 @@ def deploy(config: DeployConfig) -> DeployReport:
             if report.repository_changed
             else f"; the repository {config.repo} was not changed"
         )
+        trained = (report.training or {}).get("checkpoint")
+        resume = (
+            f". The trained model is {trained}: `dlkit deploy {trained}` continues from it"
+            if trained and timer.current != "train"
+            else ""
+        )
         raise DlkitError(
             f"deploy failed at stage '{timer.current}': {message} (report: "
-            f"{run_dir}/report.md{changed})"
+            f"{run_dir}/report.md{changed}){resume}"
         ) from exc
     report.stage_seconds = timer.seconds
     report.total_seconds = round(sum(timer.seconds.values()), 2)
@@ -141,7 +158,9 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
         if learned is False:
             report.training["learned"] = False
     report.checkpoint = str(checkpoint)
-    source = Source.from_checkpoint(checkpoint, threads=config.threads)
+    source = Source.from_checkpoint(
+        checkpoint, threads=config.threads, calibration_count=config.calib_samples
+    )
     rows = [VariantReport.of(get_variant(n), config.device) for n in _candidates(config, source)]
     baseline = VariantReport.of(get_variant(BASELINE), config.device)
     baseline.path, baseline.servable = str(checkpoint), False
@@ -251,8 +270,9 @@ def _train(config: DeployConfig, run_dir: Path) -> tuple[Path, bool | None]:
         options["data"] = config.data
     elif config.dataset:
         options["dataset"] = config.dataset
-    if config.epochs:
-        options["epochs"] = config.epochs
+    for name in ("epochs", "channels", "lr", "batch_size"):
+        if getattr(config, name):
+            options[name] = getattr(config, name)
     train_config = TrainConfig(**options).resolved()
     folder = run_dir / "train"
     if (folder / "best.pt").exists() and (folder / "config.json").exists():

@@ -140,11 +140,25 @@ def _headline(report: DeployReport) -> list[str]:
         claim = " (no speed-up is claimed: its timings did not settle, marked !)"
     else:
         claim = ""
+    images = f" on {selected.samples} validation images" if selected.samples else ""
     return [
         f"Selected **{selected.name}** for {report.config['objective']}{claim}, accuracy "
-        f"{selected.accuracy:.4f} (budget: at most {report.config['max_accuracy_drop']:g} "
-        "percentage points lost, where the validation set shows the loss is real).",
+        f"{selected.accuracy:.4f}{images} (budget: at most "
+        f"{report.config['max_accuracy_drop']:g} percentage points lost, where the validation "
+        "set shows the loss is real).",
         "",
+    ]
+
+
+def _accuracy_basis(variants: list[VariantReport]) -> list[str]:
+    """How many validation images the accuracy figures and their intervals rest on."""
+    counts = sorted({v.samples for v in variants if v.samples})
+    if not counts:
+        return []
+    images = " or ".join(str(c) for c in counts)
+    return [
+        f"Accuracy, drop and its 95% interval (Tango's score interval for paired answers) rest "
+        f"on {images} validation images: one image is {100 / counts[0]:.2f} points."
     ]
 
 
@@ -163,8 +177,8 @@ def format_markdown(report: DeployReport) -> str:
         selected = report.selected.name if report.selected else None
         lines += render_markdown(variant_columns(selected), report.variants)
         batch_sizes = report.config["batch_sizes"]
+        lines += ["", *_accuracy_basis(report.variants)]
         lines += [
-            "",
             f"Latency at batch {min(batch_sizes)}, throughput at batch {max(batch_sizes)}; "
             f"every variant ran with {report.config.get('threads')} intra-op thread(s), their "
             f"measurement windows interleaved. `{UNSTABLE}` marks figures whose windows did "

@@ -30,6 +30,7 @@ class VariantReport:
     accuracy_drop_points: float | None = None
     drop_ci_points: list[float] | None = None
     top1_agreement: float | None = None
+    samples: int | None = None  # validation images the accuracy figures rest on
     size_bytes: int | None = None
     weights_bytes: int | None = None
     gate: Gate = field(default_factory=Gate)

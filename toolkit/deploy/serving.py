@@ -64,6 +64,7 @@ def package_stage(
     or backend is refused, naming the --name to use instead (one config serves them all)."""
     from toolkit.triton.repository import PackageOptions, package_artifact
 
+    chosen = Backend.parse(config.backend, "backend") if config.backend else None
     models = [(selected, config.name)]
     if fallback is not selected:
         models.append((fallback, f"{config.name}_fallback"))
@@ -71,7 +72,11 @@ def package_stage(
     def package_into(target: Path) -> list[dict[str, Any]]:
         written = []
         for variant, name in models:
-            options = PackageOptions(backend=_backend(variant), serving=_serving(target / name))
+            options = PackageOptions(
+                backend=chosen or _backend(variant),
+                serving=_serving(target / name),
+                preprocess=config.preprocess and name == config.name,
+            )
             result = package_artifact(variant.path, target, name, options=options)
             if target == Path(config.repo):
                 report.repository_changed = True
@@ -82,15 +87,28 @@ def package_stage(
     return package_into(Path(config.repo))
 
 
-def smoke_test_stage(config, selected: VariantReport, report: DeployReport) -> dict[str, Any]:
+def smoke_test_stage(
+    config, selected: VariantReport, report: DeployReport
+) -> dict[str, Any] | None:
     """Serve the repository, check the served model against the local runner on validation
-    images, then stop (or, with --serve, keep serving until Ctrl-C or SIGTERM)."""
-    from toolkit.triton.server import TritonServer, free_port, serve_until_signal
+    images, then stop (or, with --serve, keep serving until Ctrl-C or SIGTERM). A model the
+    tritonserver here cannot serve (`--backend native` on the pip-installed server) skips
+    the check, saying why (None)."""
+    from toolkit.triton.server import TritonServer, free_port, serve_until_signal, unservable_here
 
+    models = next(p["models"] for p in report.packaged if p["model"] == config.name)
+    unservable = unservable_here(config.repo, models)
+    if unservable:
+        why = "; ".join(f"{model}: {reason}" for model, reason in unservable.items())
+        if config.serve:
+            raise DlkitError(f"cannot serve here: {why}")
+        report.skipped_stages["smoke test"] = f"the tritonserver here cannot serve it ({why})"
+        logger.warning("skipped the smoke test: %s", report.skipped_stages["smoke test"])
+        return None
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     if config.serve:
         ports = {"http_port": 8000, "grpc_port": 8001, "metrics_port": 8002}
-    server = TritonServer(config.repo, models=[config.name], **ports)
+    server = TritonServer(config.repo, models=models, **ports)
     server.start()
     try:
         endpoint = f"grpc://{server.grpc_url}/{config.name}"

@@ -29,7 +29,14 @@ from toolkit.variants.source import Source
 from toolkit.variants.store import StoredArtifact
 from toolkit.variants.verified import VariantSkipped, verdict, verified_artifact
 
-REPORTED = ("accuracy", "accuracy_drop_points", "drop_ci_points", "top1_agreement", "note")
+REPORTED = (
+    "accuracy",
+    "accuracy_drop_points",
+    "drop_ci_points",
+    "top1_agreement",
+    "samples",
+    "note",
+)
 
 
 def place(stored: StoredArtifact, folder: Path, name: str) -> Path:
@@ -76,7 +83,9 @@ def accuracy_stage(
         )
     predicted, labels = answers
     baseline.accuracy = float((predicted == labels).mean())
+    baseline.samples = len(labels)
     baseline.accuracy_drop_points, baseline.top1_agreement = 0.0, 1.0
+    baseline.samples = len(labels)
     for row in rows:
         if row.name not in stored:
             continue

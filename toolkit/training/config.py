@@ -18,7 +18,7 @@ from toolkit.choices import (
     Scheduler,
     plain,
 )
-from toolkit.data import DIGITS_IMAGE_SIZE, Augmentation
+from toolkit.data import DIGITS_IMAGE_SIZE, Augmentation, is_grayscale_folder
 from toolkit.errors import DlkitError
 from toolkit.training.models import SMALL_MODELS
 
@@ -85,7 +85,9 @@ class TrainConfig:
         if c.image_size is None:
             c.image_size = DIGITS_IMAGE_SIZE if small_images else 224
         if c.channels is None:
-            c.channels = 1 if c.data is None else 3
+            # Grayscale folders train on one channel (with ImageNet's RGB statistics on three
+            # identical channels they would only cost three times the first layer's work).
+            c.channels = 1 if c.data is None or is_grayscale_folder(c.data) else 3
         if c.crop_pct is None:
             c.crop_pct = 1.0 if c.data is None else 0.875
         if c.hflip is None:

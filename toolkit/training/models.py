@@ -139,6 +139,7 @@ def create_model(
     pretrained: bool = False,
     weights: dict[str, torch.Tensor] | None = None,
     weights_source: str = "--weights",
+    notes: list[str] | None = None,
 ) -> tuple[nn.Module, ModelSpec]:
     """Create a classifier by name with `num_classes` outputs for `in_channels` inputs.
 
@@ -146,7 +147,9 @@ def create_model(
     `weights` is a state dict, either for the backbone as torchvision defines it or for the
     finished model (`weights_source` names it in errors). Heads are replaced for
     `num_classes`; a first conv adapted to one input channel sums the pretrained RGB filters.
+    `notes`, when given, gets a line for each of these (what the run summary shows).
     """
+    notes = [] if notes is None else notes
     if pretrained and weights:
         raise DlkitError("use either --pretrained or --weights, not both")
     if name == "simplenet":
@@ -163,18 +166,27 @@ def create_model(
         model = build_model(spec)
         if weights is not None:
             load_weights(model, weights, weights_source)
+            notes.append(f"weights loaded from {weights_source}")
         return model, spec
 
     model = _torchvision_model(name)
+    backbone = pretrained  # whether weights for torchvision's own layout were loaded
     if pretrained:
         load_weights(model, _pretrained_state_dict(name), "torchvision's default weights")
+        notes.append(f"torchvision's default {name} weights loaded")
     if weights is not None and _matches(model, weights):  # backbone weights as torchvision has
         load_weights(model, weights, weights_source)
-        weights = None
-    _replace_head(model, num_classes)
-    _adapt_first_conv(model, in_channels)
+        notes.append(f"weights loaded from {weights_source} (as torchvision defines {name})")
+        weights, backbone = None, True
+    head = _replace_head(model, num_classes)
+    if head and backbone:
+        notes.append(f"classifier head replaced: {head} → {num_classes} classes, new weights")
+    if _adapt_first_conv(model, in_channels) and backbone:
+        how = "RGB filters summed" if in_channels == 1 else "new weights"
+        notes.append(f"first convolution adapted to {in_channels} channel(s) ({how})")
     if weights is not None:  # weights of the finished model
         load_weights(model, weights, weights_source)
+        notes.append(f"weights loaded from {weights_source} (the whole model, head included)")
     return model, spec
 
 
@@ -193,20 +205,24 @@ def _torchvision_model(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None)
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """Swap the last Linear layer (the classifier) for one with `num_classes` outputs."""
+def _replace_head(model: nn.Module, num_classes: int) -> int | None:
+    """Swap the last Linear layer (the classifier) for one with `num_classes` outputs; returns
+    how many outputs the replaced one had (None: it fitted already)."""
     parent_name, attr, head = _last_module(model, nn.Linear)
     if head is None:
         raise DlkitError(f"{type(model).__name__} has no Linear classifier head to replace")
-    if head.out_features != num_classes:
-        setattr(model.get_submodule(parent_name), attr, nn.Linear(head.in_features, num_classes))
+    if head.out_features == num_classes:
+        return None
+    setattr(model.get_submodule(parent_name), attr, nn.Linear(head.in_features, num_classes))
+    return head.out_features
 
 
-def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Make the first convolution take `in_channels`; grayscale sums the RGB filters."""
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> bool:
+    """Make the first convolution take `in_channels`; grayscale sums the RGB filters.
+    Returns whether it changed."""
     parent_name, attr, conv = _last_module(model, nn.Conv2d, first=True)
     if conv is None or conv.in_channels == in_channels:
-        return
+        return False
     new = nn.Conv2d(
         in_channels,
         conv.out_channels,
@@ -223,6 +239,7 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     setattr(model.get_submodule(parent_name), attr, new)
+    return True
 
 
 def _last_module(model: nn.Module, kind: type, first: bool = False):

@@ -15,10 +15,11 @@ from toolkit import __version__
 from toolkit.artifacts.checkpoint import Checkpoint, load_checkpoint, read_state_dict
 from toolkit.artifacts.metadata import ArtifactInfo, check_class_names
 from toolkit.cpu import cpu_info, native_bf16
-from toolkit.data import Splits, dataset_labels, load_splits
+from toolkit.data import Splits, build_transform, dataset_labels, is_grayscale_folder, load_splits
 from toolkit.devices import resolve_device, usable_cores
 from toolkit.errors import DlkitError
 from toolkit.log import logger
+from toolkit.training.batchnorm import needs_recompute, statistics_images
 from toolkit.training.config import TrainConfig
 from toolkit.training.distributed import DistEnv, join_group, leave_group
 from toolkit.training.loaders import create_loader
@@ -44,6 +45,10 @@ FIXED_ON_RESUME = (
     "val_fraction",
     "split_seed",
 )
+# Loader settings for a loader that reads the whole dataset in every process.
+FULL_SET = {"rank": 0, "world_size": 1}
+# Fewer optimiser steps an epoch than this, and "learnt nothing" suggests a smaller batch.
+FEW_STEPS = 10
 
 
 def resume_config(resume: str, overrides: dict[str, Any]) -> TrainConfig:
@@ -148,8 +153,9 @@ def _warn_about_amp(amp: str, device: torch.device) -> None:
         )
 
 
-def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str]):
-    """The model to train and its spec: the checkpoint's when resuming, else a new one."""
+def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str], notes: list[str]):
+    """The model to train and its spec: the checkpoint's when resuming, else a new one
+    (`notes` gets what was loaded or replaced)."""
     if ckpt is not None:
         if list(ckpt.info.classes) != classes:
             raise DlkitError(
@@ -165,6 +171,7 @@ def _model(config: TrainConfig, ckpt: Checkpoint | None, classes: list[str]):
         pretrained=config.pretrained,
         weights=read_state_dict(config.weights) if config.weights else None,
         weights_source=str(config.weights),
+        notes=notes,
     )
 
 
@@ -198,6 +205,13 @@ def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, loss_fn, de
     loader_args |= dict(rank=env.rank, world_size=env.world_size)
     train_loader = create_loader(splits.train, config.batch_size, train=True, **loader_args)
     val_loader = create_loader(splits.val, config.batch_size, **loader_args)
+    bn_loader = None
+    if needs_recompute(model, len(train_loader)):
+        # Every process recomputes on all training images, so all hold the same statistics.
+        images = statistics_images(
+            splits.train, build_transform(config.preprocessing), config.batch_size
+        )
+        bn_loader = create_loader(images, config.batch_size, **(loader_args | FULL_SET))
     optimizer = create_optimizer(
         model, config.optimizer, config.lr, config.weight_decay, config.momentum
     )
@@ -222,6 +236,7 @@ def _trainer(config: TrainConfig, model, info: ArtifactInfo, splits, loss_fn, de
         channels_last=config.channels_last,
         grad_clip=config.grad_clip,
         early_stopping=stopping,
+        bn_loader=bn_loader,
         run_dir=run_dir if env.writes else None,
         checkpoint_extra={"info": info.to_dict(), "config": config.to_dict()},
         run_files={"config.json": config.to_dict()},
@@ -245,7 +260,8 @@ def _train(
         )
     _check_classes(config, splits.classes)
     loss_fn, weights = run_loss(config, splits)
-    model, spec = _model(config, ckpt, splits.classes)
+    origin: list[str] = []
+    model, spec = _model(config, ckpt, splits.classes, origin)
     info = ArtifactInfo(
         classes=tuple(splits.classes),
         preprocessing=config.preprocessing,
@@ -257,7 +273,7 @@ def _train(
     if ckpt is not None:
         trainer.load_state_dict(ckpt.state)
     if env.writes and not config.quiet:
-        _log_startup(config, splits, trainer, weights, run_dir, ckpt)
+        _log_startup(config, splits, trainer, weights, run_dir, ckpt, origin)
     start_epoch = trainer.epoch
     start = time.perf_counter()
     trainer.fit(config.epochs)
@@ -268,7 +284,7 @@ def _train(
     return summary
 
 
-def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckpt) -> None:
+def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckpt, origin) -> None:
     """What is about to happen, in one block: data, model, where it runs, loss and schedule."""
     params = sum(p.numel() for p in trainer.model.parameters())
     loss = str(config.loss)
@@ -285,19 +301,61 @@ def _log_startup(config, splits: Splits, trainer: Trainer, weights, run_dir, ckp
         "data": config.source.describe(),
         "classes": class_list(splits.classes),
         "images": f"{len(splits.train)} train, {len(splits.val)} validation",
-        "input": f"{config.image_size}x{config.image_size}, {config.channels} channel(s)",
+        "input": f"{config.image_size}x{config.image_size}, {_channels_fact(config)}",
         "model": f"{config.model}, {params:,} parameters",
+        "weights": "; ".join(origin) or (None if ckpt else "random (no --pretrained or --weights)"),
         "device": f"{trainer.device}{processes}",
         "threads": f"{torch.get_num_threads()} intra-op, {workers} loader workers",
         "loss": loss,
         "class weights": weights_text,
         "optimiser": f"{config.optimizer}, lr {config.lr:g}, {config.scheduler} schedule",
-        "epochs": f"{config.epochs} of batch {config.batch_size}",
+        "epochs": f"{config.epochs} of batch {config.batch_size}, {_steps_fact(trainer)}",
         "precision": None if config.amp == "off" else f"autocast {config.amp}",
+        "batch norm": _batch_norm_fact(trainer),
         "resumed": None if ckpt is None else f"{ckpt.path} after epoch {trainer.epoch}",
         "run folder": str(run_dir),
     }
     logger.info("training:\n%s", "\n".join(startup_lines(facts)))
+
+
+def _channels_fact(config: TrainConfig) -> str:
+    """The input channels, and why when the folder's images are all grayscale."""
+    if config.data is None or not is_grayscale_folder(config.data):
+        return f"{config.channels} channel(s)"
+    if config.channels == 1:
+        return "1 channel (every image is grayscale; --channels 3 trains on RGB)"
+    return "3 channels (every image is grayscale: --channels 1 would train on one)"
+
+
+def _batch_norm_fact(trainer: Trainer) -> str | None:
+    if trainer.bn_loader is None:
+        return None
+    return (
+        f"statistics recomputed on {len(trainer.bn_loader.dataset)} training images before "
+        "each validation (too few steps an epoch for running averages)"
+    )
+
+
+def _steps_fact(trainer: Trainer) -> str:
+    """Optimiser steps an epoch, and the images a dropped last partial batch leaves out."""
+    loader = trainer.train_loader
+    steps = len(loader)
+    text = f"{steps} step{'' if steps == 1 else 's'} an epoch"
+    per_process = len(loader.dataset) // trainer.world_size
+    if loader.drop_last and per_process % loader.batch_size:
+        left = per_process % loader.batch_size
+        text += f" ({left} of {per_process} images left out of each, a different {left} each time)"
+    return text
+
+
+def few_steps_hint(steps: int) -> str:
+    """For the "learnt nothing" warning: a run of few steps an epoch made few updates."""
+    if steps >= FEW_STEPS:
+        return ""
+    return (
+        f"; with {steps} step{'' if steps == 1 else 's'} an epoch the model was updated only a "
+        "few times: a smaller --batch-size or more --epochs gives it more updates"
+    )
 
 
 def _summarise(config: TrainConfig, trainer: Trainer, splits: Splits, run_dir, env) -> TrainSummary:
@@ -313,9 +371,10 @@ def _summarise(config: TrainConfig, trainer: Trainer, splits: Splits, run_dir, e
             "the model learnt nothing: its best val loss %.4f is no better than the %.4f of "
             "answering every class as equally likely, nor its accuracy than always answering "
             "the most common class. Check the images and their class folders, or train longer "
-            "or with another --lr.",
+            "or with another --lr%s.",
             min(h["val_loss"] for h in history),
             chance,
+            few_steps_hint(len(trainer.train_loader)),
         )
     best_checkpoint: str | None = str(run_dir / "best.pt")
     if env.writes and not (run_dir / "best.pt").exists():

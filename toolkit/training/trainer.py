@@ -27,6 +27,7 @@ from toolkit.errors import DlkitError
 from toolkit.files import write_json
 from toolkit.log import logger
 from toolkit.plots import plot_history
+from toolkit.training.batchnorm import recompute_batch_norm
 from toolkit.training.loaders import derived_seed
 from toolkit.training.optim import Schedule
 
@@ -140,6 +141,11 @@ class Trainer:
     With `seed`, each epoch's random draws in the training process (dropout) come from
     (seed, epoch, rank), so a resumed run continues exactly whichever process saved it.
 
+    With `bn_loader` (training images through the evaluation transform; given for epochs of
+    few steps) BatchNorm statistics are recomputed before each validation
+    (`toolkit.training.batchnorm`), so validation, `best.pt` and early stopping judge the
+    weights as they are.
+
     `checkpoint_extra` is stored in every checkpoint (the run's metadata and configuration);
     `run_files` (name -> JSON-able object) are written beside the checkpoints with them, so a
     run that fails before its first epoch leaves nothing behind; one that fails while saving
@@ -157,6 +163,7 @@ class Trainer:
     channels_last: bool = False
     grad_clip: float | None = None
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    bn_loader: DataLoader | None = None  # training images to recompute BatchNorm statistics on
     run_dir: Path | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
     run_files: dict[str, Any] = field(default_factory=dict)
@@ -269,6 +276,10 @@ class Trainer:
                 torch.manual_seed(derived_seed(self.seed, self.epoch, self.rank, EPOCH_STREAM))
             metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             metrics |= self.train_epoch()
+            if self.bn_loader is not None:
+                recompute_batch_norm(
+                    self.model, (self._batch(b)[0] for b in self.bn_loader), self._autocast
+                )
             metrics |= self.evaluate()
             if not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss")):
                 raise DlkitError(

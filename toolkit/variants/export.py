@@ -81,6 +81,17 @@ class ExportContext:
         raise DlkitError("an fp32 export needs no calibration")
 
 
+@dataclass
+class ParityCheck:
+    """What an export is checked against: the eager model on these batches."""
+
+    reference: EagerRunner
+    batches: list[np.ndarray]
+    atol: float
+    rtol: float
+    kind: str
+
+
 def exportable_formats() -> list[str]:
     return [p.name for p in plugins() if p.exportable]
 
@@ -108,9 +119,7 @@ def export_model(
         raise DlkitError(f"choose formats from {', '.join(allowed)}, got {list(formats)}")
     check_outputs(model, info, info.model.name)
     targets = {f: artifact_path(out_dir, stem, f) for f in dict.fromkeys(formats)}
-    for target in targets.values():
-        if target.exists() and not force:
-            raise DlkitError(f"{target} exists; pass --force to replace it")
+    existing = [] if force else _existing(targets)
     model = model.eval().float()
     sizes = (static_batch,) if static_batch else PARITY_BATCH_SIZES
     batches, kind = parity_batches(info, sizes)
@@ -121,11 +130,12 @@ def export_model(
     context = ExportContext(model, example, {Format.ONNX: onnx_options})
     check = ParityCheck(EagerRunner(model=model, info=info), batches, atol, rtol, kind)
     info = info.derive(static_batch=static_batch, precision=Precision.FP32)
-    results: list[ExportResult] = []
+    results = [_recheck(fmt, targets[fmt], check) for fmt in existing]
     # variant -> a file of it: a kept export, or a parent made on the way
-    made: dict[str, Path] = {}
+    made = {fp32_variant(fmt).name: targets[fmt] for fmt in existing}
     with tempfile.TemporaryDirectory(prefix="dlkit-export-") as work:
-        for fmt in sorted(targets, key=lambda f: len(lineage(fp32_variant(f).name))):
+        todo = [f for f in targets if f not in existing]
+        for fmt in sorted(todo, key=lambda f: len(lineage(fp32_variant(f).name))):
             *parents, variant = lineage(fp32_variant(fmt).name)
             for parent in parents:
                 if parent.name not in made:
@@ -138,6 +148,33 @@ def export_model(
     return sorted(results, key=lambda r: order.index(r.format))
 
 
+def _existing(targets: dict[str, Path]) -> list[str]:
+    """The formats whose file exists already: kept (after a parity check) when others are
+    missing, so a second `dlkit export` writes just those; refused when all exist."""
+    existing = [fmt for fmt, target in targets.items() if target.exists()]
+    if existing and len(existing) == len(targets):
+        names = " and ".join(str(targets[fmt]) for fmt in existing)
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise DlkitError(f"{names} {verb}; pass --force to replace")
+    return existing
+
+
+def _recheck(fmt: str, target: Path, check: ParityCheck) -> ExportResult:
+    """An existing file, checked against the model being exported: kept if it matches."""
+    report = verify_parity(
+        check.reference, open_runner(target), check.batches, check.atol, check.rtol, check.kind
+    )
+    if not report.passed:
+        raise DlkitError(
+            f"{target} exists and does not match this model ({report.summary()}): it was "
+            "exported from another checkpoint? pass --force to replace it"
+        )
+    size = sum(p.stat().st_size for p in plugin(fmt).files(target))
+    return ExportResult(
+        fmt, str(target), report, kept=True, details={"existing": True, "size_bytes": size}
+    )
+
+
 def _make(variant: FileVariant, made, info: ArtifactInfo, context, folder: Path):
     """Write `variant` (its parent already in `made`) into `folder`; its main file and what
     its make reported (the opset, the TorchScript method, ...)."""
@@ -145,17 +182,6 @@ def _make(variant: FileVariant, made, info: ArtifactInfo, context, folder: Path)
     target.parent.mkdir(parents=True)
     parent = made[variant.parent] if variant.parent else None
     return target, variant.make(target, parent, info.derive(format=variant.format), context)
-
-
-@dataclass
-class ParityCheck:
-    """What an export is checked against: the eager model on these batches."""
-
-    reference: EagerRunner
-    batches: list[np.ndarray]
-    atol: float
-    rtol: float
-    kind: str
 
 
 def _export_one(variant: FileVariant, target: Path, made, info, context, check) -> ExportResult:

@@ -32,6 +32,7 @@ from toolkit.data import load_split
 from toolkit.errors import DlkitError
 from toolkit.evaluate import predict_dataset
 from toolkit.files import atomic_path, sha256_file
+from toolkit.log import logger
 from toolkit.variants.gate import AccuracyComparison, compare_with_baseline
 
 DEFAULT_CALIBRATION_SAMPLES = 256
@@ -41,6 +42,27 @@ MODE_PRECISION = {
     QuantizeMode.FP16: Precision.FP16,
 }
 MODE_TAGS = {QuantizeMode.DYNAMIC: "int8-dynamic", QuantizeMode.STATIC: "int8-static"}
+
+
+# Measured (ONNX Runtime 1.31, one thread): dynamic int8 ran ResNet-18 (224 px, batch 1) at
+# 446 ms against 93 ms fp32 (AMD EPYC, AVX-512 VNNI; 87 against 25 ms on an AVX2 EPYC,
+# benchmarks/results/quantization.md) and the digits smallresnet at 6.9x (batch 1) to 13.7x
+# (batch 32) its fp32 time: it quantizes activations at run time, and convolutions become
+# ConvInteger, which has no fast kernels. Static int8 ran 1.2-1.6x faster than fp32 there.
+DYNAMIC_CONV_WARNING = (
+    "dynamic int8 usually runs convolutional models slower than fp32 (ResNet-18 at 4.8x and "
+    "the digits smallresnet at 7-14x the fp32 time on this project's CPUs): it quantizes "
+    "activations at every call, and its ConvInteger kernels are slow. It shrinks the file; "
+    "for speed use --mode static, and measure with `dlkit bench`"
+)
+
+
+def dynamic_speed_warning(source: str | os.PathLike) -> str:
+    """The warning for dynamic int8 of a model with convolutions ("" for one without)."""
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    return DYNAMIC_CONV_WARNING if any(n.op_type == "Conv" for n in graph.node) else ""
 
 
 def quantized_info(info: ArtifactInfo, source: str | os.PathLike, mode: str, details: dict):
@@ -59,18 +81,21 @@ def quantized_info(info: ArtifactInfo, source: str | os.PathLike, mode: str, det
 
 def calibration_samples(
     info: ArtifactInfo,
-    count: int = DEFAULT_CALIBRATION_SAMPLES,
+    count: int | None = None,
     calib_data: str | os.PathLike | None = None,
     dataset: str | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """`count` preprocessed training images: from `calib_data` (an image folder, or a .npy
     array already preprocessed), an embedded `dataset`, or by default the artifact's own
-    training split."""
-    if count < 1:
+    training split. `count=None` asks for DEFAULT_CALIBRATION_SAMPLES and takes all there
+    are when there are fewer, with a warning; a `count` there are not enough for is refused."""
+    if count is not None and count < 1:
         raise DlkitError("--calib-samples must be at least 1")
+    wanted = DEFAULT_CALIBRATION_SAMPLES if count is None else count
     if calib_data is not None and Path(calib_data).suffix == ".npy":
         samples = _calibration_array(calib_data, info.preprocessing.input_shape)
+        where = str(calib_data)
     else:
         source = info.source
         if calib_data is not None:
@@ -79,16 +104,34 @@ def calibration_samples(
             source = dataclasses.replace(source, data=None, dataset=dataset)
         split = "all" if calib_data is not None else "train"
         images, _ = load_split(source, info.preprocessing, split)
-        if len(images) < count:
-            raise DlkitError(
-                f"only {len(images)} calibration images in {source.describe()}, asked for "
-                f"{count}; lower --calib-samples"
-            )
+        where = source.describe()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-        samples = np.stack([images[int(i)][0].numpy() for i in order[:count]])
-    if len(samples) < count:
-        raise DlkitError(f"only {len(samples)} calibration samples, asked for {count}")
-    return samples[:count]
+        samples = np.stack([images[int(i)][0].numpy() for i in order[:wanted]])
+    if len(samples) < wanted:
+        if count is not None:
+            raise DlkitError(
+                f"only {len(samples)} calibration images in {where}, asked for {count}; "
+                "lower --calib-samples"
+            )
+        logger.warning(
+            "calibrating on all %d images in %s (fewer than the %d static int8 takes by "
+            "default): its activation ranges rest on fewer examples; the accuracy check "
+            "below says what that cost",
+            len(samples),
+            where,
+            DEFAULT_CALIBRATION_SAMPLES,
+        )
+    return samples[:wanted]
+
+
+def calibration_note(samples: int, count: int | None) -> str:
+    """What the report says of a calibration on fewer images than the default ("" if not)."""
+    if count is not None or samples >= DEFAULT_CALIBRATION_SAMPLES:
+        return ""
+    return (
+        f"calibrated on all {samples} training images there are (the default is "
+        f"{DEFAULT_CALIBRATION_SAMPLES})"
+    )
 
 
 def _calibration_array(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
@@ -171,14 +214,15 @@ def quantize_artifact(
     *,
     calib_data: str | os.PathLike | None = None,
     dataset: str | None = None,
-    calib_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    calib_samples: int | None = None,
     method: str = "minmax",
     per_channel: bool = True,
     max_accuracy_drop: float = 1.0,
     force: bool = False,
 ) -> QuantizeResult:
     """Quantize an fp32 ONNX artifact, measure it against its source on the validation split,
-    and keep it at `out` only if its accuracy gate passes."""
+    and keep it at `out` only if its accuracy gate passes. `calib_samples=None` calibrates on
+    up to DEFAULT_CALIBRATION_SAMPLES images (all there are, if fewer)."""
     mode = QuantizeMode.parse(mode, "mode")
     info = _check_source(source, mode)
     target = Path(out) if out else default_output(source, mode)
@@ -193,6 +237,10 @@ def quantize_artifact(
     if mode == QuantizeMode.STATIC:
         calibration = calibration_samples(info, calib_samples, calib_data, dataset)
         extra = {"calibration_samples": len(calibration), "cpu": cpu_features().to_dict()}
+        if note := calibration_note(len(calibration), calib_samples):
+            extra["calibration_note"] = note
+    elif mode == QuantizeMode.DYNAMIC and (warning := dynamic_speed_warning(source)):
+        extra = {"speed_warning": warning}
     baseline_logits, labels = predict_dataset(open_runner(source), val)
     try:
         with atomic_path(target) as tmp:

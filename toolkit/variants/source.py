@@ -25,7 +25,11 @@ from toolkit.evaluate import predict_dataset
 from toolkit.files import sha256_file
 from toolkit.log import logger
 from toolkit.variants.parity import PARITY_BATCH_SIZES, parity_batches
-from toolkit.variants.quantize import DEFAULT_CALIBRATION_SAMPLES, calibration_samples
+from toolkit.variants.quantize import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    calibration_note,
+    calibration_samples,
+)
 from toolkit.variants.store import ArtifactStore
 
 
@@ -43,7 +47,7 @@ class Source:
     device: str = "cpu"
     threads: int | None = None
     store: ArtifactStore | None = None
-    calibration_count: int = DEFAULT_CALIBRATION_SAMPLES
+    calibration_count: int | None = None  # None: up to DEFAULT_CALIBRATION_SAMPLES
     calibrated_on: str = ""
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -99,23 +103,28 @@ class Source:
         return {}
 
     def calibration(self) -> np.ndarray:
-        """Calibration inputs: up to `calibration_count` of the model's own training images,
-        else seeded random inputs, which keep speed right but not accuracy (said, and recorded
-        in `calibrated_on`)."""
+        """Calibration inputs: `calibration_count` of the model's own training images (None:
+        up to DEFAULT_CALIBRATION_SAMPLES, all there are if fewer), else, when the model has
+        no training images here, seeded random inputs, which keep speed right but not
+        accuracy (said, and recorded in `calibrated_on`). A count asked for that the data
+        cannot give is an error."""
         if "calibration" not in self._cache:
             count = self.calibration_count
             try:
                 samples = calibration_samples(self.info, count)
-                self.calibrated_on = f"{len(samples)} training images"
+                note = calibration_note(len(samples), count)
+                self.calibrated_on = note or f"{len(samples)} training images"
             except DlkitError as exc:
+                if count is not None:
+                    raise
                 logger.warning(
                     "warning: calibrating int8 variants on random inputs (%s): their speed is "
                     "right, their accuracy is not measured on real data",
                     exc,
                 )
-                shape = (count, *self.info.preprocessing.input_shape)
+                shape = (DEFAULT_CALIBRATION_SAMPLES, *self.info.preprocessing.input_shape)
                 samples = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-                self.calibrated_on = f"{count} random inputs (no training images: {exc})"
+                self.calibrated_on = f"{len(samples)} random inputs (no training images: {exc})"
             self._cache["calibration"] = samples
         return self._cache["calibration"]
 
