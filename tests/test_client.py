@@ -221,6 +221,17 @@ def test_unreachable_server_and_bad_urls():
         open_runner("grpc://127.0.0.1:1")
 
 
+def test_urls_name_a_model_and_optionally_one_version():
+    from toolkit.triton.endpoints import parse_url, split_model
+
+    assert parse_url("grpc://127.0.0.1:8001/faces/1").model == "faces/1"
+    assert parse_url("http://127.0.0.1:8000/faces").model == "faces"
+    assert split_model("faces/12") == ("faces", "12") and split_model("faces") == ("faces", "")
+    for bad in ("faces/x", "faces/1/2", "faces/0", "faces/1.5"):
+        with pytest.raises(DlkitError, match=r"is not MODEL or MODEL/VERSION"):
+            parse_url(f"grpc://127.0.0.1:8001/{bad}")
+
+
 class Peer:
     """A TCP peer on loopback that accepts connections and then never answers (`silent`),
     reads the request and hangs up (`hang_up`, as a server does that stops mid-request), or
