@@ -12,10 +12,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from toolkit.artifacts import detect_format
 from toolkit.errors import DlkitError
-from toolkit.files import rehearse
-from toolkit.triton.configs import ServingOptions
+from toolkit.files import rehearse, sha256_file
+from toolkit.triton.configs import (
+    CONFIG_FILE,
+    MODEL_FILES,
+    ServingOptions,
+    read_config,
+    serving_options,
+)
 from toolkit.triton.repository import PackageOptions, package_artifact
+from toolkit.triton.versions import existing_versions
 from toolkit.tune.inputs import Candidate
 
 TUNED_SUFFIX = "_tuned"
@@ -43,3 +51,18 @@ def publish(
     if reason:
         result |= {"instead_of": name, "reason": reason}
     return result
+
+
+def served_options(
+    candidate: Candidate, repo: str | os.PathLike, name: str
+) -> ServingOptions | None:
+    """How model `name` of `repo` serves now, when its newest version is the candidate's
+    very file (byte for byte); else None (another file, or no such model)."""
+    model_dir = Path(repo) / name
+    versions = existing_versions(model_dir)
+    if not versions or not (model_dir / CONFIG_FILE).is_file():
+        return None
+    newest = model_dir / str(versions[-1]) / MODEL_FILES.get(detect_format(candidate.artifact), "")
+    if not newest.is_file() or sha256_file(newest) != sha256_file(candidate.artifact):
+        return None
+    return serving_options(read_config(model_dir / CONFIG_FILE))
