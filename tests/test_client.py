@@ -144,7 +144,9 @@ def test_mistakes_give_clear_errors_and_the_server_stays_up(served):
             client.infer("tiny", np.zeros((2, 1, 8, 8), np.float32))
         with pytest.raises(DlkitError, match="expects FP32 input; got float64"):
             client.infer("tiny", good.astype(np.float64))
-        with pytest.raises(DlkitError, match=r"model 'nope' is not served at .*'tiny'"):
+        with pytest.raises(
+            DlkitError, match=r"model 'nope' is not served at .* tiny \(version 1\)"
+        ):
             client.infer("nope", good)
         for value in (np.nan, np.inf, -np.inf):
             poisoned = good.copy()

@@ -159,7 +159,10 @@ def test_a_change_within_the_noise_is_no_change():
     one_thread = dataclasses.replace(START, serving=dataclasses.replace(START.serving, threads=1))
 
     def trial(index, config, at_16, spread=0.12, stable=True):
-        levels = [level(1, 500, 4, spread=spread), level(16, at_16, 30, spread, stable=stable)]
+        levels = [
+            level(1, 500, 4, spread=spread),
+            level(16, at_16, 30, spread=spread, stable=stable),
+        ]
         return Trial(index, config, levels=levels)
 
     default = trial(0, START, 1020)
