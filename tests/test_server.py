@@ -201,7 +201,8 @@ def test_versions_you_can_see_serve_load_and_name_in_urls(
             "MODEL/VERSION)"
         )
         # Version 3 is written, but the server loaded m before it existed: say how to load it.
-        out = dlkit.json("package", tiny_exports["onnx"], "--repo", repo, "--name", "m")
+        options = ["--repo", repo, "--name", "m", "--max-queue-delay-us", "500"]
+        out = dlkit.json("package", tiny_exports["onnx"], *options)
         [hint] = out["warnings"]
         load = f"curl -X POST http://127.0.0.1:{http}/v2/repository/models/m/load"
         assert "serves" in hint and "explicit model control" in hint and load in hint
