@@ -1,4 +1,4 @@
-"""Model versions: which ones Triton serves, what each one is, and naming one in a URL.
+"""Model versions: which ones Triton serves, and what each one is.
 
 One `config.pbtxt` serves every version of a model, so what differs between versions (the
 checkpoint each came from and its hash, precision, quantization) is kept per version in the
