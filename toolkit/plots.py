@@ -181,8 +181,6 @@ def bench_figure(report):
     """The figure `plot_bench` saves."""
     import textwrap
 
-    from matplotlib.ticker import LogFormatter
-
     plt = pyplot()
     fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
     variants = list(dict.fromkeys(r.variant for r in report.results))
@@ -213,10 +211,7 @@ def bench_figure(report):
             ax.set_yscale("log")
             ax.set_xticks(sizes, [str(s) for s in sizes])
             ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-            ax.yaxis.set_major_formatter(LogFormatter())  # 600, not 6×10²
-            ax.yaxis.set_minor_formatter(
-                LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
-            )
+            plain_log_ticks(ax.yaxis)  # 600 and 0.3, not 6×10² or 3e-01
             ax.grid(alpha=0.3, which="both")
         # Beside the plots, not over their lines: a dozen series fill a corner.
         fig.legend(*ax_thr.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
