@@ -8,6 +8,8 @@
 # then:
 #   docker build -t dlkit-triton .
 #   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 dlkit-triton
+# Another repository (a path inside the build context):
+#   docker build -t dlkit-triton --build-arg MODEL_REPOSITORY=runs/deploy/model_repository .
 #   dlkit predict --url 127.0.0.1:8001 --model digits image.png
 #
 # 24.10 ships Triton 2.51, the version of the pip-installed server dlkit tests against.
@@ -27,7 +29,9 @@ RUN if [ "$PYTHON_MODELS" = "1" ]; then \
         pip install --no-cache-dir . ; \
     fi
 
-COPY model_repository /models
+# The model repository served at /models (`dlkit package --repo` writes one anywhere).
+ARG MODEL_REPOSITORY=model_repository
+COPY ${MODEL_REPOSITORY} /models
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"

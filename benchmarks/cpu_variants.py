@@ -20,7 +20,9 @@ import torch
 from toolkit.bench.harness import MeasureConfig, compare_with_torch_timer
 from toolkit.bench.report import format_table, write_report
 from toolkit.bench.run import run_benchmark
+from toolkit.choices import Device
 from toolkit.log import configure_logging, logger
+from toolkit.variants.registry import DEFAULT_VARIANTS
 
 
 def harness_check() -> dict:
@@ -52,7 +54,9 @@ def main() -> None:
     else:
         # Windows of 3 iterations at least: eager bf16 at batch 32 takes seconds per batch on
         # CPUs without native bf16, and the whole run must stay within minutes.
-        config = MeasureConfig(warmup=3, min_time=0.5, min_window_iters=3, max_time=20.0)
+        # max_time is shared by the variants of a batch size: 20 s each, as before.
+        budget = 20.0 * len(DEFAULT_VARIANTS[Device.CPU])
+        config = MeasureConfig(warmup=3, min_time=0.5, min_window_iters=3, max_time=budget)
         out = args.out or Path(__file__).parent / "results"
 
     configure_logging()

@@ -61,7 +61,7 @@ def main() -> None:
         variants=VARIANTS,
         device="cpu",
         batch_sizes=[1],
-        config=MeasureConfig(warmup=5, min_time=1.0, max_time=20.0),
+        config=MeasureConfig(warmup=5, min_time=1.0, max_time=20.0 * len(VARIANTS)),
     )
     p50 = {row.variant: row.latency_ms["p50"] for row in report.results}
     spread = {row.variant: row.stability for row in report.results}

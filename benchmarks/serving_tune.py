@@ -81,7 +81,8 @@ def ceiling(onnx: Path, cores: int) -> dict:
             batch = np.random.default_rng(0).standard_normal((batch_size, *shape), np.float32)
             key = f"{threads} threads, batch {batch_size}"
             steps[key], sizes[key] = wall_clock_step(runner, batch), batch_size
-    measured = measure_interleaved(steps, MeasureConfig(warmup=2, min_time=1.0, max_time=8.0))
+    config = MeasureConfig(warmup=2, min_time=1.0, max_time=8.0 * len(steps))  # shared budget
+    measured = measure_interleaved(steps, config)
     rates = {k: sizes[k] / (m.latency_ms["p50"] / 1e3) for k, m in measured.items()}
     best = max(rates, key=rates.get)
     return {"throughput": rates, "best_setting": best, "best": rates[best]}

@@ -164,7 +164,7 @@ def test_environment_block_names_cpu_instruction_sets_and_versions():
 def fake_report(device="cpu"):
     """A report built from made-up measurements: writers are tested without timing anything."""
 
-    def row(variant, batch_size, p50):
+    def row(variant, batch_size, p50, spread=0.01):
         m = Measurement(
             latency_ms={
                 "p50": p50,
@@ -178,7 +178,7 @@ def fake_report(device="cpu"):
             iterations=30,
             windows=4,
             window_medians_ms=[p50, p50, p50],
-            spread=0.01,
+            spread=spread,
             stable=(variant, batch_size) != ("compile", 1),
             measured_s=1.0,
         )
@@ -191,6 +191,8 @@ def fake_report(device="cpu"):
         row("eager-fp32", 32, 400.0),
         row("onnx-fp32", 32, 250.0),
         row("compile", 32, 200.0),
+        row("onnx-int8", 32, 208.0, spread=0.06),  # 4% slower than compile, 6% noise: a tie
+        row("torchscript", 32, 390.0, spread=0.03),  # 2.5% faster than eager: within noise
     ]
     rank(rows)
     return BenchReport(
@@ -199,7 +201,7 @@ def fake_report(device="cpu"):
             "model": "resnet18",
             "device": device,
             "batch_sizes": [1, 32],
-            "variants": ["eager-fp32", "onnx-fp32", "compile"],
+            "variants": ["eager-fp32", "onnx-fp32", "compile", "onnx-int8", "torchscript"],
             "threads": 1,
             "ranked_by": "p50 latency",
             "warmup": 5,
@@ -228,6 +230,21 @@ def test_rank_marks_the_fastest_and_the_speedup_against_eager_fp32():
     no_baseline = [r for r in rows if r.variant != "eager-fp32"]
     rank(no_baseline)
     assert all(r.speedup_vs_eager_fp32 is None for r in no_baseline)
+
+
+def test_rows_within_the_measured_noise_of_the_fastest_are_ties():
+    rows = {(r.batch_size, r.variant): r for r in fake_report().results}
+    assert rows[(32, "compile")].fastest and not rows[(32, "compile")].tied_with_fastest
+    assert rows[(32, "onnx-int8")].tied_with_fastest and not rows[(32, "onnx-int8")].fastest
+    assert not rows[(32, "onnx-fp32")].tied_with_fastest  # 25% slower, 1% noise
+    assert rows[(32, "torchscript")].speedup_within_noise
+    assert not rows[(32, "onnx-fp32")].speedup_within_noise
+    assert not rows[(32, "eager-fp32")].speedup_within_noise  # the baseline itself
+    batch32 = format_table(fake_report()).split("batch 32\n")[1].split("\n\n")[0].splitlines()
+    marks = {line.split()[1]: line.split()[0] for line in batch32 if line[0] in "*="}
+    assert marks == {"compile": "*", "onnx-int8": "="}
+    assert next(line for line in batch32 if "torchscript" in line).endswith("1.03x (tie)")
+    assert "by one figure: p50 latency" in format_table(fake_report())
 
 
 def test_table_ranks_fastest_first_and_marks_it():
@@ -454,7 +471,7 @@ def test_device_only_call_uses_the_runners_model_autocast_and_layout(static_onnx
     assert _device_call(OnnxRunner(static_onnx), batch) is None
 
 
-def test_interleaved_windows_take_turns_until_each_settles():
+def test_interleaved_windows_take_turns_until_every_step_settles():
     calls = []
 
     def step(name, times):
@@ -471,7 +488,44 @@ def test_interleaved_windows_take_turns_until_each_settles():
     config = MeasureConfig(warmup=1, iters=2, windows=3, tolerance=0.05)
     result = measure_interleaved({"a": steady, "b": settling}, config)
     measured = calls[2:]  # after one warm-up call each
-    assert measured[:8] == ["a", "a", "b", "b", "a", "a", "b", "b"]  # windows alternate
-    assert result["a"].stable and result["a"].windows == 3
-    assert result["b"].stable and result["b"].windows == 5  # went on alone until it settled
+    assert measured == ["a", "a", "b", "b"] * 5  # windows alternate, in every round
+    assert result["a"].stable and result["a"].windows == 5  # measured on beside b
+    assert result["b"].stable and result["b"].windows == 5
     assert result["b"].latency_ms["p50"] == pytest.approx(20.0)
+
+
+def test_interleaved_steps_are_compared_over_the_same_rounds():
+    # The machine is twice as busy for the first 12 calls. Two identical steps: "a" agrees
+    # with itself at once (three busy windows), "b" has one stray window and agrees only once
+    # the load has passed. Compared over different moments they would read 20 ms and 10 ms,
+    # both "stable"; compared over the same rounds they read the same.
+    count = itertools.count()
+
+    def step(stray_window: int | None):
+        made = itertools.count()
+
+        def run():
+            load = 2.0 if next(count) < 12 else 1.0
+            stray = 1.3 if stray_window is not None and next(made) // 2 == stray_window else 1.0
+            return 10.0 * load * stray / 1e3
+
+        return run
+
+    config = MeasureConfig(warmup=0, iters=2, windows=3, tolerance=0.05)
+    result = measure_interleaved({"a": step(None), "b": step(1)}, config)
+    assert result["a"].stable and result["b"].stable
+    assert result["a"].latency_ms["p50"] == pytest.approx(10.0)
+    assert result["b"].latency_ms["p50"] == pytest.approx(10.0)
+    assert result["a"].windows == result["b"].windows == 6
+
+
+def test_interleaved_measurement_is_bounded_by_one_budget_for_all_steps():
+    # Three steps whose windows never agree (1 ms and 2 ms in turn): the budget is shared.
+    steps = {name: fake_step(itertools.cycle([1.0] * 4 + [2.0] * 4)) for name in "abc"}
+    config = MeasureConfig(warmup=0, iters=4, windows=3, tolerance=0.05, max_time=0.2)
+    result = measure_interleaved(steps, config)
+    spent = sum(m.measured_s for m in result.values())
+    one_round = 3 * 4 * 2.0 / 1e3
+    assert 0.2 <= spent < 0.2 + one_round
+    assert len({m.windows for m in result.values()}) == 1  # every step in every round
+    assert not any(m.stable for m in result.values())

@@ -144,7 +144,9 @@ def test_mistakes_give_clear_errors_and_the_server_stays_up(served):
             client.infer("tiny", np.zeros((2, 1, 8, 8), np.float32))
         with pytest.raises(DlkitError, match="expects FP32 input; got float64"):
             client.infer("tiny", good.astype(np.float64))
-        with pytest.raises(DlkitError, match=r"model 'nope' is not served at .*'tiny'"):
+        with pytest.raises(
+            DlkitError, match=r"model 'nope' is not served at .* tiny \(version 1\)"
+        ):
             client.infer("nope", good)
         for value in (np.nan, np.inf, -np.inf):
             poisoned = good.copy()
@@ -219,6 +221,17 @@ def test_unreachable_server_and_bad_urls():
         TritonClient("ftp://host:1")
     with pytest.raises(DlkitError, match="no model in"):
         open_runner("grpc://127.0.0.1:1")
+
+
+def test_urls_name_a_model_and_optionally_one_version():
+    from toolkit.triton.endpoints import parse_url, split_model
+
+    assert parse_url("grpc://127.0.0.1:8001/faces/1").model == "faces/1"
+    assert parse_url("http://127.0.0.1:8000/faces").model == "faces"
+    assert split_model("faces/12") == ("faces", "12") and split_model("faces") == ("faces", "")
+    for bad in ("faces/x", "faces/1/2", "faces/0", "faces/1.5"):
+        with pytest.raises(DlkitError, match=r"is not MODEL or MODEL/VERSION"):
+            parse_url(f"grpc://127.0.0.1:8001/{bad}")
 
 
 class Peer:

@@ -236,3 +236,33 @@ def test_a_backend_the_server_here_cannot_serve_skips_the_smoke_test(tiny_run, t
     report = deploy(quick(tiny_run, tmp_path, **options)).to_dict()
     assert report["smoke_test"] is None and report["packaged"][0]["backend"] == "native"
     assert "the tritonserver here cannot serve it" in report["skipped_stages"]["smoke test"]
+
+
+def test_the_report_names_the_figures_that_did_not_settle(tmp_path):
+    from toolkit.deploy.report import DeployReport, format_markdown, unsettled_figures
+    from toolkit.deploy.selection import VariantReport
+
+    def variant(name: str, settled: dict[int, bool]) -> VariantReport:
+        rows = [
+            {"batch_size": b, "stability": {"stable": ok, "spread": 0.0 if ok else 0.12}}
+            for b, ok in settled.items()
+        ]
+        v = VariantReport(name, "onnx", "fp32", 1, accuracy=0.9, benchmark=rows)
+        v.latency_ms, v.throughput = {"p50": 1.0, "p99": 2.0}, 100.0
+        v.stable = all(settled.values())
+        return v
+
+    # Only the baseline's throughput at batch 32 wobbled: a latency claim stands on batch 1.
+    baseline = variant("eager-fp32", {1: True, 32: False})
+    selected = variant("onnx-int8-static", {1: True, 32: True})
+    assert unsettled_figures(selected, baseline, "latency", [1, 32]) == []
+    named = unsettled_figures(selected, baseline, "throughput", [1, 32])
+    assert named == ["eager-fp32's throughput at batch 32 (its windows 12% apart)"]
+    config = {"objective": "throughput", "max_accuracy_drop": 1.0, "batch_sizes": [1, 32]}
+    report = DeployReport(config=config, run_dir=str(tmp_path), selected=selected)
+    report.speedup_vs_eager_fp32, report.unsettled = 2.0, named
+    assert (
+        "no speed-up is claimed: eager-fp32's throughput at batch 32 (its windows 12% apart) "
+        "did not settle, marked !" in format_markdown(report)
+    )
+    assert report.to_dict()["unsettled_figures"] == named

@@ -50,6 +50,71 @@ def by_kind(docs: dict[str, dict]) -> dict[str, dict]:
     return {d["kind"]: d for name, d in docs.items() if name != ADAPTER_VALUES}
 
 
+def test_the_dockerfile_takes_the_repository_as_a_build_argument():
+    text = (ROOT / "Dockerfile").read_text()
+    [default] = re.findall(r"^ARG MODEL_REPOSITORY=(\S+)$", text, re.M)
+    assert default == "model_repository"
+    copies = re.findall(r"^COPY (\S+) /models$", text, re.M)
+    assert copies == ["${MODEL_REPOSITORY}"]
+    # An ARG is in scope only after the FROM it follows.
+    assert text.index("\nFROM ") < text.index("ARG MODEL_REPOSITORY") < text.index("COPY ${")
+
+
+@pytest.fixture(scope="module")
+def dlkit_repo(digits_checkpoint, tmp_path_factory) -> Path:
+    """A repository `dlkit package` wrote: classifier `m` on the python backend (ONNX Runtime)
+    with its preprocessing model and ensemble, and `n` on the native ONNX Runtime backend."""
+    import dataclasses
+
+    from toolkit.triton.repository import PackageOptions, package_artifact
+    from toolkit.variants.export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("k8s-dlkit")
+    [onnx] = export_checkpoint(digits_checkpoint, folder, ("onnx",))
+    repo = folder / "repo"
+    python = dataclasses.replace(PackageOptions(backend="python"), preprocess=True)
+    package_artifact(onnx.path, repo, "m", options=python)
+    package_artifact(onnx.path, repo, "n")
+    return repo
+
+
+@pytest.mark.parametrize("store", ["pvc:triton-models", "s3://bucket/triton"])
+@pytest.mark.parametrize("kserve", [False, True])
+def test_python_backend_models_on_plain_triton_are_named(
+    dlkit, dlkit_repo, tmp_path, store, kserve
+):
+    out = tmp_path / "k8s"
+    args = ["--repo", dlkit_repo, "--out", out, "--model-store", store]
+    result = dlkit("k8s", *args, *(["--kserve"] if kserve else []), "--json")
+    written = json.loads(result.stdout)
+    assert written["python_backend_models"] == {"m": "onnxruntime", "m_preprocess": "dlkit"}
+    [warning] = written["warnings"]
+    assert warning.startswith(
+        "m, m_preprocess run on Triton's python backend and import dlkit, onnxruntime, which "
+        f"NGC's plain Triton image ({TRITON_IMAGE}) does not have: its pods would crash-loop."
+    )
+    assert ("KServe runs that image" in warning) == kserve
+    assert ("pass it with --image" in warning) == (not kserve)
+    assert f"warning: {warning}" in result.stderr
+    readme = (out / "README.md").read_text()
+    assert "### Python-backend models" in readme and "`m_preprocess` (dlkit)" in readme
+    assert ("These manifests run the plain image" in readme) == (not kserve)
+    for manifest in by_kind(read_folder(out)).values():
+        if manifest["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(manifest, VALIDATED_KUBERNETES, strict=True)
+    # With the Dockerfile's image, the same repository warns of nothing.
+    image = ["--image", "registry.example/dlkit-triton:1"]
+    again = dlkit.json("k8s", *args, "--force", *([] if kserve else image))
+    assert (again["warnings"] != []) == kserve
+
+
+def test_the_readme_builds_the_image_from_the_repository_it_was_written_for(dlkit, tmp_path):
+    repo, out = make_repo(tmp_path), tmp_path / "k8s"
+    dlkit("k8s", "--repo", repo, "--out", out)
+    readme = (out / "README.md").read_text()
+    assert f"docker build -t dlkit-triton:latest --build-arg MODEL_REPOSITORY={repo} ." in readme
+
+
 def test_pinned_kubernetes_version_is_one_kubernetes_validate_ships():
     assert VALIDATED_KUBERNETES in kubernetes_validate.utils.all_versions()
 
@@ -233,6 +298,8 @@ def test_json_prints_one_object_naming_what_was_written(dlkit, tmp_path):
         "image": "dlkit-triton:latest",
         "namespace": None,
         "metric": metrics.HPA_METRIC,
+        "python_backend_models": {"m": "whatever its model.py imports"},
+        "warnings": [],  # the Dockerfile's image has the python backend's packages
     }
     assert "kustomization.yaml" in result["files"] and "README.md" in result["files"]
 

@@ -97,4 +97,42 @@ def test_a_grid_of_many_predictions_is_headed_by_its_score_and_not_a_strip():
     assert fig._suptitle.get_text() == "183/200 correct"
     assert 0.5 < height / width < 2  # 6 columns made it 1440x9860 pixels
     assert width * fig.dpi <= 4000 and height * fig.dpi <= 4000
+
+
+def bench_report(variants: int, model: str):
+    """A BenchReport of made-up rows: `variants` variants at batch 1, 8 and 32."""
+    from toolkit.bench.environment import describe_environment
+    from toolkit.bench.harness import Measurement
+    from toolkit.bench.results import BenchReport, BenchRow
+
+    def row(i: int, batch: int) -> BenchRow:
+        p50 = (1 + i / 10) * batch
+        latency = dict.fromkeys(("p50", "p90", "p95", "p99", "mean", "min"), p50) | {"std": 0.0}
+        m = Measurement(latency, 30, 3, [p50] * 3, 0.0, True, 1.0)
+        return BenchRow.from_measurement(f"variant-{i}", "cpu", batch, m, None)
+
+    return BenchReport(
+        environment=describe_environment("cpu"),
+        settings={"model": model, "device": "cpu", "batch_sizes": [1, 8, 32]},
+        results=[row(i, b) for b in (1, 8, 32) for i in range(variants)],
+        skipped=[],
+    )
+
+
+def test_bench_figure_tells_twelve_series_apart_and_keeps_its_title_and_legend_inside():
+    from toolkit.plots import bench_figure
+
+    model = ["/a/rather/long/path/to/runs/of/an/experiment/with/a/long/name/best.pt"] * 3
+    fig = bench_figure(bench_report(12, model))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        colours = [tuple(line.get_color()) for line in ax.lines]
+        assert len(colours) == 12 and len(set(colours)) == 12
+    inside = fig.bbox
+    title = fig._suptitle.get_window_extent()
+    assert inside.x0 <= title.x0 and title.x1 <= inside.x1 and title.y1 <= inside.y1
+    [legend] = fig.legends
+    box = legend.get_window_extent()
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0
+    assert [t.get_text() for t in legend.get_texts()] == [f"variant-{i}" for i in range(12)]
     pyplot().close(fig)

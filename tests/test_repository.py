@@ -159,14 +159,25 @@ def test_new_versions_are_atomic_and_leave_old_ones_untouched(
     assert not list(repo.rglob(".*tmp*"))
 
 
+def _serving_part(path: Path) -> mc.ModelConfig:
+    """A config file without the metadata that records each version."""
+    return _without_metadata(read_config(path))
+
+
+def _without_metadata(config: mc.ModelConfig) -> mc.ModelConfig:
+    for key in ("dlkit", "dlkit_versions"):
+        del config.parameters[key]
+    return config
+
+
 def test_versions_share_one_config_that_only_replace_config_changes(
     exports, tmp_path, folder_snapshot
 ):
     repo = tmp_path / "repo"
     package_artifact(exports["onnx"], repo, "m")
-    config = (repo / "m" / "config.pbtxt").read_bytes()
+    serving = _serving_part(repo / "m" / "config.pbtxt")
     assert package_artifact(exports["onnx"], repo, "m").config_changes == ""
-    assert (repo / "m" / "config.pbtxt").read_bytes() == config  # not even rewritten
+    assert _serving_part(repo / "m" / "config.pbtxt") == serving  # only the versions' metadata
     before = folder_snapshot(repo)
     # Another format, or another backend, cannot share the config: refused, naming the way out.
     with pytest.raises(DlkitError, match=r"format 'onnx' -> 'torchscript'.*--name m_torchscript"):
@@ -184,6 +195,117 @@ def test_versions_share_one_config_that_only_replace_config_changes(
     assert "max_queue_delay_us '0' -> '100'" in result.config_changes
     assert read_config(repo / "m" / "config.pbtxt").instance_group[0].count == 2
     assert package_artifact(exports["onnx"], repo, "m", options=busier).version == 4
+
+
+def test_package_onto_a_model_takes_its_backend_unless_told(dlkit, exports, tmp_path):
+    repo = tmp_path / "repo"
+    python = PackageOptions(backend="python")
+    package_artifact(exports["onnx"], repo, "classifier", options=python)  # as deploy does here
+    out = dlkit("package", exports["onnx"], "--repo", repo, "--name", "classifier").output
+    assert f"-> {repo / 'classifier' / '2'}" in out
+    assert "backend python, as classifier's versions have (--backend to choose)" in out
+    assert dlkit.json("package", exports["onnx"], "--repo", repo, "--name", "classifier")["models"][
+        0
+    ]["backend_from_model"]
+    # Told another backend, the refusal names the option that fits.
+    result = dlkit(
+        "package", exports["onnx"], "--repo", repo, "--name", "classifier", "--backend",
+        "native", expect=1,
+    )  # fmt: skip
+    assert "Its versions run on the python backend: package with --backend python" in (
+        result.output
+    )
+    # A new model still defaults to the native backend.
+    assert (
+        dlkit.json("package", exports["onnx"], "--repo", repo, "--name", "fresh")["models"][0][
+            "platform"
+        ]
+        == "onnxruntime_onnx"
+    )
+
+
+def _other_provenance(source: str, target: Path) -> Path:
+    """A copy of an ONNX file whose metadata says it came from another checkpoint."""
+    from toolkit.artifacts import read_info
+
+    shutil.copyfile(source, target)
+    info = read_info(source).derive(source_checkpoint="/elsewhere/other.pt", source_sha256="f" * 64)
+    write_info(target, info)
+    return target
+
+
+def test_the_config_says_what_each_version_is(exports, tmp_path):
+    import json
+
+    from toolkit.artifacts import read_info
+    from toolkit.triton.versions import version_info
+
+    repo = tmp_path / "repo"
+    first, second = exports["onnx"], _other_provenance(exports["onnx"], tmp_path / "second.onnx")
+    package_artifact(first, repo, "m")
+    serving = read_config(repo / "m" / "config.pbtxt")
+    assert version_info(serving, "1").source_sha256 == read_info(first).source_sha256
+    package_artifact(second, repo, "m")
+    config = read_config(repo / "m" / "config.pbtxt")
+    assert version_info(config, "1").source_sha256 == read_info(first).source_sha256
+    assert version_info(config, "2").source_sha256 == "f" * 64
+    assert json.loads(config.parameters["dlkit"].string_value)["source_sha256"] == "f" * 64
+    # Only the metadata changed: how every version is served did not.
+    assert _serving_part(repo / "m" / "config.pbtxt") == _without_metadata(serving)
+
+
+def test_a_version_the_policy_will_not_serve_is_warned_about(dlkit, exports, tmp_path):
+    from toolkit.triton.configs import write_config
+
+    repo = tmp_path / "repo"
+    for _ in range(2):
+        package_artifact(exports["onnx"], repo, "faces")
+    config = read_config(repo / "faces" / "config.pbtxt")
+    config.version_policy.specific.versions[:] = [1]  # a rollback to version 1
+    write_config(config, repo / "faces" / "config.pbtxt")
+    out = dlkit.json("package", exports["onnx"], "--repo", repo, "--name", "faces")
+    [model] = out["models"]
+    assert model["version"] == 3 and model["served_versions"] == [1]
+    assert out["warnings"] == [
+        f"version 3 of faces will not be served: {repo / 'faces' / 'config.pbtxt'} has "
+        "version_policy specific { versions: [1] }; add 3 there to serve it"
+    ]
+    # The policy survives the new version, even one that replaces the serving options.
+    busier = PackageOptions(serving=ServingOptions(instances=2), replace_config=True)
+    package_artifact(exports["onnx"], repo, "faces", options=busier)
+    assert list(read_config(repo / "faces" / "config.pbtxt").version_policy.specific.versions) == [
+        1
+    ]
+    text = dlkit(
+        "package", exports["onnx"], "--repo", repo, "--name", "faces", "--instances", "2"
+    ).output
+    assert "Triton serves versions 1 of faces (its version_policy)" in text
+
+
+def test_a_running_dlkit_serve_on_the_repository_is_found(tmp_path):
+    import json
+
+    from toolkit.triton.lifetime import OWNER_FILE, WORKDIR_PREFIX, running_servers, start_time
+
+    me = [os.getpid(), start_time(os.getpid())]  # a live "server": this process
+    for name, repo, server in (
+        ("live", tmp_path / "repo", me),
+        ("other", tmp_path / "other", me),
+        ("gone", tmp_path / "repo", [2**22 + 1, "0"]),
+    ):
+        folder = tmp_path / f"{WORKDIR_PREFIX}{name}"
+        folder.mkdir()
+        serving = {"repository": str(repo.resolve()), "http": "127.0.0.1:8000"}
+        record = {"dlkit": me, "server": server, "serving": serving}
+        (folder / OWNER_FILE).write_text(json.dumps(record))
+    found = running_servers(tmp_path / "repo", root=tmp_path)
+    assert found == [
+        {
+            "repository": str((tmp_path / "repo").resolve()),
+            "http": "127.0.0.1:8000",
+            "pid": os.getpid(),
+        }
+    ]
 
 
 def test_deploy_keeps_the_serving_options_a_model_has(exports, tmp_path):
@@ -217,7 +339,8 @@ def test_what_a_killed_writer_left_behind_is_removed(exports, tmp_path):
     for folder in leftovers:
         folder.mkdir(parents=True)
         (folder / "model.onnx").write_bytes(b"half")
-    live = repo / "m" / f".config.pbtxt.tmp-{os.getpid()}"
+    # Another live writer's (this process rewrites config.pbtxt itself, under its own pid).
+    live = repo / "m" / f".config.pbtxt.tmp-{os.getppid()}"
     live.write_text("being written")
     assert package_artifact(exports["onnx"], repo, "m").version == 2
     assert not (repo / f".n.tmp-{dead}").exists() and not leftovers[1].exists()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,66 @@ def test_rollback_each_version_loads_pinned_and_answers(tiny_exports, tmp_path, 
         raw.close()
 
 
+@pytest.mark.slow
+def test_versions_you_can_see_serve_load_and_name_in_urls(
+    dlkit, tiny_exports, digit_images, tmp_path
+):
+    """Two versions of one model (other weights, another checkpoint): `dlkit serve` names the
+    versions it serves; a URL names one, for eval, predict and bench; a refusal lists each
+    model once; `dlkit package` into the served repository says how to load what it wrote."""
+    from toolkit.artifacts import read_info
+    from toolkit.artifacts.onnx import write_info
+
+    repo = tmp_path / "repo"
+    second = _reweighted(tiny_exports["onnx"], tmp_path / "second.onnx")
+    other = read_info(second).derive(source_checkpoint="/elsewhere/b.pt", source_sha256="b" * 64)
+    write_info(second, other)
+    package_artifact(tiny_exports["onnx"], repo, "m", options=PYTHON)
+    package_artifact(second, repo, "m", options=PYTHON)
+    package_artifact(tiny_exports["onnx"], repo, "textures", options=PYTHON)
+    config = read_config(repo / "m" / "config.pbtxt")
+    config.version_policy.all.SetInParent()
+    write_config(config, repo / "m" / "config.pbtxt")
+    ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    process, text = _serve(repo, *ports, "--log-file", str(tmp_path / "log"), "--timeout", "240")
+    try:
+        assert "serving m (versions 1, 2), textures (version 1)\n" in text, text
+        grpc, http = _port(text, "gRPC"), _port(text, "HTTP")
+        batch = np.random.default_rng(5).standard_normal((3, 1, 16, 16)).astype(np.float32)
+        for version, artifact in (("1", tiny_exports["onnx"]), ("2", second)):
+            runner = open_runner(f"grpc://127.0.0.1:{grpc}/m/{version}")
+            np.testing.assert_allclose(runner(batch), open_runner(artifact)(batch), atol=1e-5)
+            assert runner.info.source_sha256 == read_info(artifact).source_sha256
+        url = f"grpc://127.0.0.1:{grpc}/m/2"
+        assert dlkit.json("eval", url)["accuracy"] == dlkit.json("eval", second)["accuracy"]
+        top = dlkit.json("predict", "--url", url, digit_images[0])["predictions"][0]["top_k"]
+        assert (
+            top[0]["label"]
+            == dlkit.json("predict", second, digit_images[0])["predictions"][0]["top_k"][0]["label"]
+        )
+        bench = ["--concurrency", "1", "--duration", "0.3", "--batch-sizes", "1"]
+        assert dlkit.json("bench", "--url", url, *bench)["results"][0]["failures"] == 0
+        with pytest.raises(DlkitError) as refused, TritonClient(f"127.0.0.1:{grpc}") as client:
+            client.infer("m/3", batch)
+        assert str(refused.value).endswith(
+            "it serves m (versions 1, 2), textures (version 1) (one version of a model: "
+            "MODEL/VERSION)"
+        )
+        # Version 3 is written, but the server loaded m before it existed: say how to load it.
+        options = ["--repo", repo, "--name", "m", "--max-queue-delay-us", "500"]
+        out = dlkit.json("package", tiny_exports["onnx"], *options)
+        [hint] = out["warnings"]
+        load = f"curl -X POST http://127.0.0.1:{http}/v2/repository/models/m/load"
+        assert "serves" in hint and "explicit model control" in hint and load in hint
+        with TritonClient(f"127.0.0.1:{grpc}") as client:
+            assert client.served_versions()["m"] == [1, 2]
+            request = urllib.request.Request(load.split()[-1], method="POST")
+            urllib.request.urlopen(request, timeout=120).close()  # what the hint says to run
+            assert client.served_versions()["m"] == [1, 2, 3]
+    finally:
+        _end(process)
+
+
 def _reweighted(source: str, target: Path) -> Path:
     """A copy of an ONNX file (same metadata and signature) with its weights scaled."""
     model = onnx.load(source)
@@ -210,7 +271,7 @@ def test_serve_skips_bad_models_prints_real_ports_and_stops_on_sigterm(tiny_expo
         assert "skipped tiny_native: this tritonserver has no onnxruntime backend" in text, text
         assert "skipped broken: cannot read Triton config" in text
         assert "skipped tiny_ts: version 2 has no model.py (half-written?)" in text
-        assert "serving tiny\n" in text
+        assert "serving tiny (version 1)\n" in text
         grpc, http = _port(text, "gRPC"), _port(text, "HTTP")
         assert 0 not in (grpc, http)
         with TritonClient(f"127.0.0.1:{grpc}") as client:

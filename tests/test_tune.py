@@ -20,7 +20,7 @@ from toolkit.bench.load import ServingLevel
 from toolkit.choices import InstanceKind, Objective
 from toolkit.triton.configs import ServingOptions
 from toolkit.tune.report import pareto_front
-from toolkit.tune.search import Goal, climb, confirm, judge
+from toolkit.tune.search import Goal, climb, confirm, confirmation, judge
 from toolkit.tune.space import SearchSpace, TrialConfig
 from toolkit.tune.trials import LevelResult, Trial, TrialStatus
 
@@ -29,12 +29,18 @@ START = TrialConfig("m", ServingOptions(max_batch_size=32, max_queue_delay_us=20
 SPACE = SearchSpace(variants=("m",))
 
 
-def level(concurrency: int, throughput: float, p99: float, failures: int = 0) -> LevelResult:
+def level(
+    concurrency: int,
+    throughput: float,
+    p99: float,
+    failures: int = 0,
+    spread: float | None = None,
+    stable: bool = True,
+) -> LevelResult:
     latency = {"p50": p99 / 2, "p90": p99, "p95": p99, "p99": p99, "mean": p99 / 2}
     latency |= {"std": 0.0, "min": p99 / 4}
-    return LevelResult(
-        ServingLevel(concurrency, 1, 100, failures, throughput, latency, 1.0, stable=True)
-    )
+    load = ServingLevel(concurrency, 1, 100, failures, throughput, latency, 1.0)
+    return LevelResult(dataclasses.replace(load, stable=stable, spread=spread))
 
 
 def synthetic(config: TrialConfig) -> list[LevelResult]:
@@ -148,6 +154,36 @@ def test_confirmation_keeps_the_default_when_the_winner_does_not_hold():
     assert confirm(default, better, tight) is None  # neither keeps p99 within 5 ms at 16
 
 
+def test_a_change_within_the_noise_is_no_change():
+    goal = Goal(Objective.THROUGHPUT, LEVELS)
+    one_thread = dataclasses.replace(START, serving=dataclasses.replace(START.serving, threads=1))
+
+    def trial(index, config, at_16, spread=0.12, stable=True):
+        levels = [
+            level(1, 500, 4, spread=spread),
+            level(16, at_16, 30, spread=spread, stable=stable),
+        ]
+        return Trial(index, config, levels=levels)
+
+    default = trial(0, START, 1020)
+    # 1,025 against 1,020 images/s with windows 12% apart: a tie, whatever the margin says.
+    kept, why = confirmation(default, trial(1, one_thread, 1025), goal)
+    assert kept is default
+    assert why == (
+        "kept the default: the best's 1,025.00 images/s against the default's 1,020.00 "
+        "images/s (+0.5%) at concurrency 16 is within the measured noise (±12%)"
+    )
+    # 8% better is past the 5% margin, but not past the 12% the windows wandered.
+    assert confirmation(default, trial(1, one_thread, 1102), goal)[0] is default
+    # A real win: 30% better with the same noise.
+    better = trial(1, one_thread, 1326)
+    kept, why = confirmation(default, better, goal)
+    assert kept is better and why.endswith("beyond the measured noise (±12%)")
+    # Any level whose windows did not agree: no difference is established.
+    kept, why = confirmation(default, trial(1, one_thread, 1326, stable=False), goal)
+    assert kept is default and "did not agree for the best at concurrency 16" in why
+
+
 def test_the_search_refuses_trials_it_did_not_ask_for():
     goal = Goal(Objective.THROUGHPUT, LEVELS)
     stray = Trial(0, dataclasses.replace(START, variant="other"), levels=synthetic(START))
@@ -177,6 +213,33 @@ def test_pareto_front():
         Trial(3, START, status=TrialStatus.FAILED),
     ]
     assert [t.index for t in pareto_front(trials, 16)] == [0, 1]
+
+
+def test_pareto_front_holds_every_trial_no_working_one_dominates():
+    trials = [
+        Trial(0, START, levels=[level(16, 1000, 20)]),
+        Trial(1, START, levels=[level(16, 1100, 24)]),
+        Trial(2, START, levels=[level(16, 1100, 24)]),  # the same figures: both on it
+        Trial(3, START, levels=[level(16, 1300, 35)]),
+        # Failing requests answered fast: more "throughput", lower p99 than 0 and 1, and no
+        # trade-off anyone should pick. It must not push them off the front.
+        Trial(4, START, levels=[level(16, 1250, 15, failures=40)]),
+        Trial(5, START, levels=[level(16, 950, 26)]),  # dominated by 0 (and 1, 2)
+        Trial(6, START, levels=[level(1, 500, 3)]),  # not measured at 16
+    ]
+    front = [t.index for t in pareto_front(trials, 16)]
+    assert front == [0, 1, 2, 3]
+    # Checked against the definition, trial by trial.
+    working = [t for t in trials if t.level(16) and not t.level(16).failures]
+    for t in working:
+        a = t.level(16)
+        dominated = any(
+            b.throughput >= a.throughput
+            and b.p99_ms <= a.p99_ms
+            and (b.throughput, b.p99_ms) != (a.throughput, a.p99_ms)
+            for b in (u.level(16) for u in working)
+        )
+        assert (t.index in front) == (not dominated)
 
 
 # ------------------------------------------------------------------------- a real server
@@ -224,18 +287,56 @@ def tritonservers_under(path: Path) -> list[int]:
     return found
 
 
+def test_tune_writes_nothing_when_what_is_served_would_not_change(digits_onnx, repo, tmp_path):
+    """The model's newest version is the tuned file itself: a default kept (nothing beat it
+    beyond the noise) or a config it serves already writes no byte-identical version."""
+    from types import SimpleNamespace
+
+    from toolkit.artifacts import read_info
+    from toolkit.tune.inputs import Candidate
+    from toolkit.tune.report import TuneReport
+    from toolkit.tune.run import TuneConfig, _write
+
+    served = TrialConfig("m", ServingOptions(max_batch_size=32))  # as `repo` packaged it
+    other = TrialConfig("m", ServingOptions(max_batch_size=32, threads=1))
+    candidate = Candidate("m", digits_onnx, read_info(digits_onnx), backend="python")
+    tuning = SimpleNamespace(candidates={"m": candidate})
+    config = TuneConfig(artifacts=[str(digits_onnx)], repo=str(repo), name="digits")
+
+    def write(baseline: TrialConfig, selected: TrialConfig) -> dict | None:
+        default, chosen = Trial(0, baseline), Trial(1, selected)
+        kept = default if selected == baseline else chosen
+        report = TuneReport({}, "", [default, chosen], default, kept, chosen, "converged")
+        report.decision = "decided"
+        written = _write(config, tuning, report, "digits")
+        assert (written is None) == ("nothing written" in report.decision)
+        return written
+
+    before = snapshot_tree(repo)
+    assert write(other, other) is None  # the default kept: what is served stays
+    assert write(other, served) is None  # chosen, but served that way already
+    assert snapshot_tree(repo) == before
+    written = write(served, other)  # a real change: written, and said to be
+    assert written["version"] == 2 and "threads '0' -> '1'" in written["config_changes"]
+
+
 @pytestmark_linux
 @pytest.mark.slow
 def test_tune_writes_a_new_version_that_serves_like_the_local_runner(
     dlkit, digits_onnx, repo, tmp_path
 ):
-    from toolkit.artifacts import open_runner
+    from toolkit.artifacts import open_runner, read_info
+    from toolkit.artifacts.onnx import write_info
     from toolkit.triton.client import TritonClient
     from toolkit.triton.server import TritonServer
 
     before = snapshot_tree(repo / "digits" / "1")
+    # Another file than version 1's (the same weights, written again): a new version.
+    again = tmp_path / "again.onnx"
+    again.write_bytes(digits_onnx.read_bytes())
+    write_info(again, read_info(digits_onnx).derive(dlkit_version="exported again"))
     out = dlkit.json(
-        "tune", digits_onnx, "--repo", repo, "--name", "digits", "--budget-minutes", "0.3",
+        "tune", again, "--repo", repo, "--name", "digits", "--budget-minutes", "0.3",
         *FAST, "--report", tmp_path / "report",
     )  # fmt: skip
     assert snapshot_tree(repo / "digits" / "1") == before  # earlier versions byte-identical
@@ -269,7 +370,7 @@ def test_tune_writes_a_new_version_that_serves_like_the_local_runner(
         with TritonClient(server.grpc_url) as client:
             served = client.infer(written["model"], batch)
             config = client.config(written["model"])
-    np.testing.assert_allclose(served, open_runner(digits_onnx)(batch), atol=1e-5)
+    np.testing.assert_allclose(served, open_runner(again)(batch), atol=1e-5)
     chosen = out["selected"]["config"]
     assert config.instance_group[0].count == chosen["instances"]
     assert config.parameters["intra_op_thread_count"].string_value == str(chosen["threads"])

@@ -172,10 +172,30 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 def plot_bench(report, path: str | os.PathLike) -> None:
     """p50 latency and throughput of every variant (`report` is a BenchReport): against batch
     size (log scales) when there are several, as bars when there is one."""
-    from matplotlib.ticker import LogFormatter
+    save_figure(bench_figure(report), path)
+
+
+def series_styles(count: int) -> list[tuple[tuple[float, ...], str]]:
+    """`count` (colour, marker) pairs, no colour twice: tab10's colours up to 10 series,
+    tab20's up to 20, evenly spaced hues beyond; markers vary too, for print and for
+    colour-blind readers."""
+    plt = pyplot()
+    if count <= 10:
+        colours = [plt.get_cmap("tab10")(i) for i in range(count)]
+    elif count <= 20:
+        colours = [plt.get_cmap("tab20")(i) for i in range(count)]
+    else:
+        colours = [plt.get_cmap("hsv")(i / count) for i in range(count)]
+    markers = "os^DvPX*<>ph"
+    return [(colour, markers[i % len(markers)]) for i, colour in enumerate(colours)]
+
+
+def bench_figure(report):
+    """The figure `plot_bench` saves."""
+    import textwrap
 
     plt = pyplot()
-    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
     variants = list(dict.fromkeys(r.variant for r in report.results))
     sizes = report.settings["batch_sizes"]
     timing = "device time" if report.device == "cuda" else "end to end"
@@ -191,11 +211,12 @@ def plot_bench(report, path: str | os.PathLike) -> None:
         ax_lat.set(xlabel=f"p50 latency, ms ({timing})", title=f"Latency, batch {sizes[0]}")
         ax_thr.set(xlabel="samples / s", title=f"Throughput, batch {sizes[0]}")
     else:
-        for name in variants:
+        for name, (colour, marker) in zip(variants, series_styles(len(variants)), strict=True):
             rows = sorted(report.rows(variant=name), key=lambda r: r.batch_size)
             x = [r.batch_size for r in rows]
-            ax_lat.plot(x, [r.rank_value for r in rows], marker="o", label=name)
-            ax_thr.plot(x, [r.best_throughput for r in rows], marker="o", label=name)
+            style = {"color": colour, "marker": marker, "label": name}
+            ax_lat.plot(x, [r.rank_value for r in rows], **style)
+            ax_thr.plot(x, [r.best_throughput for r in rows], **style)
         ax_lat.set(xlabel="batch size", ylabel=f"p50 latency, ms ({timing})", title="Latency")
         ax_thr.set(xlabel="batch size", ylabel="samples / s", title="Throughput")
         for ax in (ax_lat, ax_thr):
@@ -203,16 +224,15 @@ def plot_bench(report, path: str | os.PathLike) -> None:
             ax.set_yscale("log")
             ax.set_xticks(sizes, [str(s) for s in sizes])
             ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
-            ax.yaxis.set_major_formatter(LogFormatter())  # 600, not 6×10²
-            ax.yaxis.set_minor_formatter(
-                LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
-            )
+            plain_log_ticks(ax.yaxis)  # 600 and 0.3, not 6×10² or 3e-01
             ax.grid(alpha=0.3, which="both")
-        ax_thr.legend(fontsize=8)
+        # Beside the plots, not over their lines: a dozen series fill a corner.
+        fig.legend(*ax_thr.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     env = report.environment
     where = env["gpu"]["name"] if env.get("gpu") else env["cpu"]["model"]
     model = report.settings["model"]
     model = model if isinstance(model, str) else ", ".join(model)
-    fig.suptitle(f"{model} on {where}", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+    # Wrapped, so a long model path or list of files never runs off the figure's edges.
+    title = textwrap.fill(f"{model} on {where}", width=110)
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -8,6 +8,7 @@ two `perf_counter` calls and a list append per iteration.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,14 +27,15 @@ Step = Callable[[], float]
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How long and how carefully to measure one variant at one batch size.
+    """How long and how carefully to measure the variants of one batch size.
 
     A window is `iters` iterations, or (when `iters` is None) at least `min_window_iters`
     iterations and `min_time` seconds of measured time. Measurement stops when the medians of
-    the last `windows` windows lie within `tolerance` of each other (relative range), or when
-    `max_time` seconds have been measured; then the figure is reported as not stable. Warm-up
-    is `warmup` iterations, cut short after `warmup_time` seconds for slow work (a later slow
-    start still shows as windows that disagree).
+    the last `windows` windows of every variant lie within `tolerance` of each other
+    (relative range), or when `max_time` seconds have been measured, all variants together;
+    then the figures that had not settled are reported as not stable. Warm-up is `warmup`
+    iterations, cut short after `warmup_time` seconds for slow work (a later slow start still
+    shows as windows that disagree).
     """
 
     warmup: int = 5
@@ -120,18 +122,25 @@ def measure(step: Step, config: MeasureConfig | None = None) -> Measurement:
 def measure_interleaved(
     steps: dict[str, Step], config: MeasureConfig | None = None
 ) -> dict[str, Measurement]:
-    """`measure` for several steps at once, their windows taken in turn (A, B, C, A, B, ...),
-    so that load on a shared machine hits every step alike instead of whichever ran during
-    it. Each step is warmed up first, and stops being measured once its own windows agree
-    (or its `max_time` is spent)."""
+    """`measure` for several steps at once, in rounds: one window of every step in turn (A, B,
+    C, A, B, C, ...), so that load on a shared machine hits every step alike instead of
+    whichever ran during it. Each step is warmed up first. Rounds go on, every step measured
+    in each, until the last `config.windows` windows of every step agree, so that the windows
+    compared are the same rounds for all of them (a step that settles early is not left
+    with figures from a quieter or busier moment than the others). `config.max_time` bounds
+    the measured time of all steps together: once it is spent (and `config.windows` rounds
+    are done) no round is started, and the steps not settled then are reported unstable."""
     config = config or MeasureConfig()
     for step in steps.values():
         warm_up(step, config)
     states = {name: _Windows(config) for name in steps}
-    while any(not state.done for state in states.values()):
+    for rounds in itertools.count(1):
         for name, step in steps.items():
-            if not states[name].done:
-                states[name].add(_window(step, config))
+            states[name].add(_window(step, config))
+        spent = sum(state.measured for state in states.values())
+        settled = all(state.stable for state in states.values())
+        if rounds >= config.windows and (settled or spent >= config.max_time):
+            break
     return {name: state.result() for name, state in states.items()}
 
 
@@ -145,19 +154,16 @@ def warm_up(step: Step, config: MeasureConfig) -> None:
 
 
 class _Windows:
-    """The windows of one step, and whether they have settled."""
+    """The windows of one step, and whether its last ones agree."""
 
     def __init__(self, config: MeasureConfig):
         self.config = config
         self.windows: list[list[float]] = []
         self.measured = 0.0
-        self.done = False
 
     def add(self, window: list[float]) -> None:
         self.windows.append(window)
         self.measured += sum(window)
-        over_time = self.measured >= self.config.max_time and len(self.windows) >= 2
-        self.done = self.stable or over_time
 
     @property
     def recent_medians(self) -> list[float]:

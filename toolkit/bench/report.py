@@ -18,11 +18,13 @@ from toolkit.variants.registry import variants
 
 MIB = 1024**2
 UNSTABLE = "!"  # a figure whose windows did not agree before the time cap
+FASTEST, TIED = "*", "="  # the fastest row; a row within the measured noise of it
 
 
 def columns(report: BenchReport) -> list[Column]:
     def flag(row: BenchRow) -> str:
-        return ("*" if row.fastest else "") + ("" if row.stable else UNSTABLE)
+        mark = FASTEST if row.fastest else TIED if row.tied_with_fastest else ""
+        return mark + ("" if row.stable else UNSTABLE)
 
     def ms(key: str) -> Column:
         return Column(f"{key} ms", lambda r: f"{r.latency_ms[key]:.3f}")
@@ -57,7 +59,8 @@ def _mib(value: int | None) -> str:
 def _speedup(row: BenchRow) -> str:
     if row.speedup_vs_eager_fp32 is None:
         return "n/a"
-    return f"{row.speedup_vs_eager_fp32:.2f}x" + ("" if row.speedup_stable else UNSTABLE)
+    tie = " (tie)" if row.speedup_within_noise else ""
+    return f"{row.speedup_vs_eager_fp32:.2f}x" + ("" if row.speedup_stable else UNSTABLE) + tie
 
 
 def _groups(report: BenchReport) -> list[tuple[int, list[BenchRow]]]:
@@ -106,18 +109,23 @@ def notes(report: BenchReport) -> list[str]:
         else f"≥{s['min_window_iters']} iterations and ≥{s['min_time']:g} s"
     )
     return [
-        f"`*` = fastest at its batch size, ranked by {s['ranked_by']}.",
+        f"Rows are ranked, and `{FASTEST}` marks the fastest at its batch size, by one figure: "
+        f"{s['ranked_by']}. `{TIED}` = within the measured noise of the fastest (their p50s "
+        "differ by no more than the larger of their spreads): the order between them is not "
+        "established.",
         "speed-up = eager-fp32's time / the variant's time (same ranking measure); "
         f"`{UNSTABLE}` after it: one of the two figures did not settle, so the ratio is "
-        "not to be trusted.",
-        f"{s['warmup']} warm-up iterations, then windows of {window}, the variants' windows "
-        f"taken in turn, until the medians of a variant's last {s['windows']} windows agree "
-        f"within {s['tolerance']:.0%}; the statistics are over those windows and spread is "
-        f"their relative range. `{UNSTABLE}` = did not agree within {s['max_time']:g} s of "
-        "measurement (shown anyway).",
+        "not to be trusted; (tie): the two differ by no more than their noise.",
+        f"{s['warmup']} warm-up iterations, then rounds of one window of {window} per "
+        f"variant, taken in turn, until the medians of the last {s['windows']} windows of "
+        f"every variant agree within {s['tolerance']:.0%}, so all are compared over the same "
+        "rounds; the statistics are over those windows and spread is their relative range. "
+        f"`{UNSTABLE}` = had not agreed when the {s['max_time']:g} s of measurement for the "
+        "batch size (all variants together) were spent (shown anyway).",
         f"threads: {s['threads']} for torch and ONNX Runtime alike.",
         f"peak memory: {report.environment['peak_memory']}.",
-        "samples/s = batch size / mean latency, one batch at a time.",
+        "samples/s = batch size / mean latency, one batch at a time (a long tail can order "
+        "it differently from the p50 ranking).",
     ]
 
 

@@ -28,8 +28,10 @@ class BenchRow:
     device_throughput: float | None = None
     device_stability: dict[str, Any] | None = None
     fastest: bool = False
+    tied_with_fastest: bool = False  # another row is fastest, but not beyond the noise
     speedup_vs_eager_fp32: float | None = None
     speedup_stable: bool = True  # both figures behind the speed-up settled
+    speedup_within_noise: bool = False  # eager fp32 and this row differ by less than the noise
 
     @classmethod
     def from_measurement(
@@ -61,6 +63,12 @@ class BenchRow:
         return (self.device_latency_ms or self.latency_ms)["p50"]
 
     @property
+    def noise(self) -> float:
+        """The measured noise of `rank_value`: the relative range of the window medians it
+        was computed from."""
+        return (self.device_stability or self.stability)["spread"]
+
+    @property
     def best_throughput(self) -> float:
         return self.device_throughput if self.device_throughput is not None else self.throughput
 
@@ -88,8 +96,10 @@ class BenchRow:
             }
         return out | {
             "fastest": self.fastest,
+            "tied_with_fastest": self.tied_with_fastest,
             "speedup_vs_eager_fp32": self.speedup_vs_eager_fp32,
             "speedup_stable": self.speedup_stable,
+            "speedup_within_noise": self.speedup_within_noise,
         }
 
 
@@ -150,20 +160,32 @@ class BenchReport:
         return out | self.extra
 
 
+def within_noise(a: BenchRow, b: BenchRow) -> bool:
+    """Do two rows' ranking figures differ by no more than the noise measured on them: their
+    relative difference within the larger of their spreads (as `agreement` judges two
+    measurements of one variant)?"""
+    low, high = sorted((a.rank_value, b.rank_value))
+    return low > 0 and (high - low) / low <= max(a.noise, b.noise)
+
+
 def rank(rows: list[BenchRow]) -> None:
-    """Mark the fastest row of each batch size and add its speed-up against eager fp32 (the
-    first eager-fp32 row of that batch size; None when there is none). A speed-up is stable
-    only when both of its figures are."""
+    """Rank each batch size's rows by one figure, `rank_value` (p50: device time on CUDA, end
+    to end otherwise). Mark the fastest row, the rows tied with it (within the noise, see
+    `within_noise`), and each row's speed-up against eager fp32 (the first eager-fp32 row of
+    that batch size; None when there is none), noting speed-ups within the noise. A speed-up
+    is stable only when both of its figures are."""
     for batch_size in {r.batch_size for r in rows}:
         group = [r for r in rows if r.batch_size == batch_size]
         baseline = next((r for r in group if r.variant_name == BASELINE), None)
         fastest = min(group, key=lambda r: r.rank_value)
         for r in group:
             r.fastest = r is fastest
+            r.tied_with_fastest = r is not fastest and within_noise(r, fastest)
             r.speedup_vs_eager_fp32 = (
                 baseline.rank_value / r.rank_value if baseline is not None else None
             )
             r.speedup_stable = baseline is None or (baseline.stable and r.stable)
+            r.speedup_within_noise = baseline not in (None, r) and within_noise(r, baseline)
 
 
 def agreement(first: BenchRow, second: BenchRow) -> dict[str, Any]:

@@ -74,7 +74,7 @@ from toolkit.variants.registry import default_variants, variants
     type=click.IntRange(2, 1000),
     default=3,
     show_default=True,
-    help="Consecutive windows whose medians must agree.",
+    help="Consecutive windows whose medians must agree, for every variant in the same rounds.",
 )
 @click.option(
     "--tolerance",
@@ -90,15 +90,17 @@ from toolkit.variants.registry import default_variants, variants
     default=30.0,
     show_default=True,
     callback=finite(0, above=True),
-    help="Seconds of measurement per variant and batch size before reporting it unstable.",
+    help="Seconds of measurement per batch size, all variants together: rounds stop when "
+    "it is spent, and the figures not settled then are marked unstable.",
 )
 @click.option("--recheck", is_flag=True, help="Measure the first variant again at the end.")
 @click.option(
     "--url",
     "urls",
     multiple=True,
-    help="Benchmark a model served by Triton (HOST:PORT, grpc://… or http://…); --model names "
-    "it. Several servers (repeat, or comma-separated) share the load.",
+    help="Benchmark a model served by Triton (HOST:PORT, grpc://… or http://…); --model, or "
+    "the URL's path (…/MODEL or …/MODEL/VERSION), names it. Several servers (repeat, or "
+    "comma-separated) share the load.",
 )
 @click.option(
     "--concurrency",
@@ -160,9 +162,13 @@ def bench(
     from toolkit.errors import DlkitError
 
     if urls:
+        from toolkit.triton.endpoints import parse_urls
+
+        model = model or next((e.model for e in parse_urls(list(urls)) if e.model), None)
         if not model or artifacts or report_dir:
             raise DlkitError(
-                "--url benchmarks one served model: give --model NAME (no files, no --report)"
+                "--url benchmarks one served model: name it in the URL "
+                "(grpc://HOST:PORT/MODEL[/VERSION]) or give --model NAME (no files, no --report)"
             )
         _bench_serving(list(urls), model, concurrency, batch_sizes, duration, as_json)
         return

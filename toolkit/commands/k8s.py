@@ -68,9 +68,14 @@ def k8s(repo, out, force, as_json, **options) -> None:
     from toolkit.k8s import K8sOptions, write_k8s
 
     result = write_k8s(repo, out, K8sOptions(**options), force=force)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         print_json(result.to_dict())
         return
     click.echo(f"wrote {result.out}: {', '.join(result.files)}")
     click.echo(f"models (one pod): {', '.join(result.models)}")
+    if result.python_backend_models:
+        python = ", ".join(f"{m} ({needs})" for m, needs in result.python_backend_models.items())
+        click.echo(f"python-backend models (the image must have what they import): {python}")
     click.echo(f"apply with: kubectl apply -k {result.out}   (see {result.out}/README.md)")

@@ -56,11 +56,10 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
 @click.option(
     "--backend",
     type=choice(Backend),
-    default="native",
-    show_default=True,
     help="native: Triton's own backend for the format (onnxruntime, pytorch, openvino: the "
     "NGC image); python: the python backend running the format's runtime (what the "
-    "pip-installed server can serve).",
+    "pip-installed server can serve). [default: the backend of the model's versions when "
+    "the model exists, else native]",
 )
 @click.option(
     "--accelerator",
@@ -133,12 +132,51 @@ def package(
     unservable = unservable_here(repo, [m for r in results for m in r.models])
     for model, why in unservable.items():
         logger.warning("warning: `dlkit serve` here cannot serve %s: %s", model, why)
+    warnings = [w for r in results for w in version_warnings(repo, r)]
+    for warning in warnings:
+        logger.warning("warning: %s", warning)
     if as_json:
         models = [r.to_dict() for r in results]
-        print_json({"repository": repo, "models": models, "unservable_here": unservable})
+        print_json(
+            {"repository": repo, "models": models, "unservable_here": unservable}
+            | {"warnings": warnings}
+        )
         return
     for r in results:
         extra = f" (+ {', '.join(r.models[1:])})" if len(r.models) > 1 else ""
         click.echo(f"{r.artifact} -> {r.path}  [{r.platform}, max batch {r.max_batch_size}]{extra}")
+        if r.backend_from_model:
+            click.echo(f"  backend {r.backend}, as {r.model}'s versions have (--backend to choose)")
         if r.config_changes:
             click.echo(f"  config of {r.model} replaced, for every version: {r.config_changes}")
+        if r.served_versions != [r.version]:
+            served = ", ".join(map(str, r.served_versions)) or "none"
+            click.echo(f"  Triton serves versions {served} of {r.model} (its version_policy)")
+
+
+def version_warnings(repo: str, result) -> list[str]:
+    """What keeps the version just written from being served: the model's version_policy,
+    or a running `dlkit serve` on the repository (explicit model control loads a model's
+    versions when it is loaded, not when they appear)."""
+    from pathlib import Path
+
+    from toolkit.triton.configs import CONFIG_FILE, read_config
+    from toolkit.triton.lifetime import running_servers
+    from toolkit.triton.versions import describe_policy
+
+    model, version = result.model, result.version
+    warnings = []
+    if version not in result.served_versions:
+        config = Path(repo) / model / CONFIG_FILE
+        warnings.append(
+            f"version {version} of {model} will not be served: {config} has version_policy "
+            f"{describe_policy(read_config(config))}; add {version} there to serve it"
+        )
+    for server in running_servers(repo):
+        url = f"http://{server['http']}/v2/repository/models/{model}/load"
+        warnings.append(
+            f"tritonserver (pid {server['pid']}, started by dlkit serve) serves {repo} with "
+            f"explicit model control: it goes on serving what it loaded until {model} is "
+            f"loaded again: `curl -X POST {url}` (or restart dlkit serve)"
+        )
+    return warnings

@@ -55,6 +55,7 @@ def serve(
     """
     from toolkit.errors import DlkitError
     from toolkit.triton.server import TritonServer, serve_until_signal
+    from toolkit.triton.versions import served_text
 
     server = TritonServer(
         repo,
@@ -80,7 +81,8 @@ def serve(
         ready = [n for n in server.plan.load if n not in failed]
         if not ready:
             raise DlkitError("no model loaded; see the reasons above and the server log")
-        click.echo(f"serving {', '.join(ready)}")
+        versions = server.served_versions()
+        click.echo(f"serving {served_text({n: versions.get(n, []) for n in ready})}")
         click.echo(f"  gRPC     {server.grpc_url}")
         click.echo(f"  HTTP     http://{server.http_url}")
         click.echo(f"  metrics  {server.metrics_url}")

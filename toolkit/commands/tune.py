@@ -139,6 +139,7 @@ def _print_summary(report, folder: str) -> None:
         click.echo(line)
     chosen = report.selected.config.describe(report.baseline.config)
     click.echo(f"\nchosen: trial {report.selected.index}, {chosen}")
+    click.echo(f"decision: {report.decision}")
     for line in comparison_lines(report, markdown=False):
         click.echo(line)
     click.echo("\nwhere one request's time goes at concurrency 1:")

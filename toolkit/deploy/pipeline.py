@@ -17,7 +17,7 @@ from toolkit.artifacts import detect_format
 from toolkit.bench.environment import default_threads
 from toolkit.choices import Device, Format, Objective, plain
 from toolkit.deploy import stages
-from toolkit.deploy.report import DeployReport, served_summary, write_report
+from toolkit.deploy.report import DeployReport, served_summary, unsettled_figures, write_report
 from toolkit.deploy.selection import VariantReport, select_variant
 from toolkit.devices import resolve_device
 from toolkit.errors import DlkitError
@@ -191,7 +191,8 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
     report.variants = [baseline, *rows]
     report.selected = selected
     report.speedup_vs_eager_fp32 = _speedup(selected, baseline, config.objective)
-    report.speedup_stable = bool(selected.stable and baseline.stable)
+    report.unsettled = unsettled_figures(selected, baseline, config.objective, config.batch_sizes)
+    report.speedup_stable = not report.unsettled
     _package_and_serve(config, selected, fallback, timer, report)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.choices import Objective
 from toolkit.deploy.selection import TIE_TOLERANCE, VariantReport
 from toolkit.files import write_json, write_text
 from toolkit.plots import plot_accuracy_latency
@@ -26,6 +27,7 @@ class DeployReport:
     selected: VariantReport | None = None
     speedup_vs_eager_fp32: float | None = None
     speedup_stable: bool = False  # both timings behind it settled
+    unsettled: list[str] = field(default_factory=list)  # those that did not, in words
     packaged: list[dict[str, Any]] = field(default_factory=list)
     repository: str | None = None
     repository_changed: bool = False
@@ -47,6 +49,7 @@ class DeployReport:
             "selected": self.selected.to_dict() if self.selected else None,
             "speedup_vs_eager_fp32": self.speedup_vs_eager_fp32,
             "speedup_stable": self.speedup_stable,
+            "unsettled_figures": self.unsettled,
             "packaged": self.packaged,
             "repository": self.repository,
             "repository_changed": self.repository_changed,
@@ -59,6 +62,25 @@ class DeployReport:
         if self.failed_stage is not None:
             out |= {"failed_stage": self.failed_stage, "error": self.error}
         return out
+
+
+def unsettled_figures(
+    selected: VariantReport, baseline: VariantReport, objective: str, batch_sizes
+) -> list[str]:
+    """The figures a speed-up of `selected` over `baseline` is computed from (p50 latency at
+    the smallest batch, or throughput at the largest, as the objective reads) whose
+    measurement windows did not agree, each in words; empty when both settled."""
+    latency = objective == Objective.LATENCY
+    size, what = (min(batch_sizes), "p50 latency") if latency else (max(batch_sizes), "throughput")
+    unsettled = []
+    for variant in [baseline] + ([selected] if selected is not baseline else []):
+        row = next((r for r in variant.benchmark if r["batch_size"] == size), None)
+        if row is not None and not row["stability"]["stable"]:
+            spread = row["stability"]["spread"]
+            unsettled.append(
+                f"{variant.name}'s {what} at batch {size} (its windows {spread:.0%} apart)"
+            )
+    return unsettled
 
 
 def served_summary(tuned) -> dict[str, Any]:
@@ -137,7 +159,8 @@ def _headline(report: DeployReport) -> list[str]:
     if speedup is not None and report.speedup_stable:
         claim = f": {speedup:.2f}x eager fp32"
     elif speedup is not None:
-        claim = " (no speed-up is claimed: its timings did not settle, marked !)"
+        figures = " and ".join(report.unsettled) or "its timings"
+        claim = f" (no speed-up is claimed: {figures} did not settle, marked {UNSTABLE})"
     else:
         claim = ""
     images = f" on {selected.samples} validation images" if selected.samples else ""

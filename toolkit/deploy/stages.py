@@ -124,7 +124,7 @@ def benchmark_stage(
     options = {"threads": threads, "objective": objective}
     jobs = [Job(BASELINE, lambda b: open_runner(checkpoint, device, **options))]
     jobs += [Job(r.name, lambda b, p=r.path: open_runner(p, device, **options)) for r in survivors]
-    measure = MeasureConfig(min_time=seconds, max_time=10 * seconds)
+    measure = MeasureConfig(min_time=seconds, max_time=10 * seconds * len(jobs))  # shared
     bench = benchmark_jobs(jobs, batch_sizes, device, threads, measure)
     by_name = {r.name: r for r in [baseline, *survivors]}
     for row in bench.results:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from toolkit.errors import DlkitError
 from toolkit.k8s.store import ModelStore, parse_store, storage_uri
@@ -52,6 +52,7 @@ class ServingSpec:
     models: tuple[str, ...]
     replicas: Replicas
     image: str
+    python_models: dict[str, str] = field(default_factory=dict)  # name -> what it imports
 
     @property
     def name(self) -> str:
@@ -62,8 +63,11 @@ class ServingSpec:
         return round(self.options.target_queue_ms * 1000)
 
 
-def resolve(options: K8sOptions, models: list[str]) -> ServingSpec:
-    """Check `options` and derive the rest; raises DlkitError naming the option to fix."""
+def resolve(
+    options: K8sOptions, models: list[str], python_models: dict[str, str] | None = None
+) -> ServingSpec:
+    """Check `options` and derive the rest; raises DlkitError naming the option to fix.
+    `python_models`: the python-backend models among `models`, with what they import."""
     _check_names(options)
     for option, value in (("--cpu", options.cpu), ("--cpu-limit", options.cpu_limit)):
         _check_quantity(option, value, "500m or 2")
@@ -81,7 +85,31 @@ def resolve(options: K8sOptions, models: list[str]) -> ServingSpec:
                 f"{TRITON_IMAGE} (its runtimeVersion)"
             )
     image = options.image or (DEFAULT_IMAGE if store.kind == "image" else TRITON_IMAGE)
-    return ServingSpec(options, store, tuple(models), resolve_replicas(options), image)
+    replicas = resolve_replicas(options)
+    return ServingSpec(options, store, tuple(models), replicas, image, dict(python_models or {}))
+
+
+def plain_triton_warning(spec: ServingSpec) -> str:
+    """What goes wrong when the pods run NGC's plain Triton image (a model store without
+    --image, or KServe's runtime) on python-backend models: they import packages that image
+    lacks and the pod crash-loops. "" when that cannot happen."""
+    plain = spec.options.kserve or spec.image == TRITON_IMAGE
+    if not (plain and spec.python_models):
+        return ""
+    names = ", ".join(spec.python_models)
+    needs = ", ".join(sorted(set(spec.python_models.values())))
+    fix = (
+        "KServe runs that image whatever dlkit writes: package them with --backend native "
+        "(and without --preprocess), or serve them with a Deployment (no --kserve) and --image"
+        if spec.options.kserve
+        else "build the Dockerfile's image (it installs dlkit with onnxruntime and torch), push "
+        "it, and pass it with --image; or package them with --backend native (and without "
+        "--preprocess)"
+    )
+    return (
+        f"{names} run on Triton's python backend and import {needs}, which NGC's plain "
+        f"Triton image ({TRITON_IMAGE}) does not have: its pods would crash-loop. {fix}"
+    )
 
 
 def resolve_replicas(options: K8sOptions) -> Replicas:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from toolkit.k8s import metrics
 from toolkit.k8s.manifests import EXIT_TIMEOUT_SECONDS, PRESTOP_SECONDS, server_args
 from toolkit.k8s.options import ServingSpec
@@ -46,9 +48,11 @@ def _store_section(spec: ServingSpec, repo: str) -> str:
     if store.kind == "image":
         return head + (
             f"The image `{spec.image}` must hold the repository at `/models`: the Dockerfile "
-            "copies `model_repository/` there, so build it from a checkout where that folder "
-            f"is `{repo}`, then push it where the cluster pulls from:\n\n"
-            f"    docker build -t {spec.image} . && docker push {spec.image}\n"
+            "copies the folder its `MODEL_REPOSITORY` build argument names (default "
+            "`model_repository`, a path inside the build context) there. Build it from the "
+            "checkout, then push it where the cluster pulls from:\n\n"
+            f"    docker build -t {spec.image} --build-arg MODEL_REPOSITORY={_in_context(repo)} "
+            f". && docker push {spec.image}\n" + _python_section(spec)
         )
     if store.kind == "pvc":
         text = (
@@ -75,13 +79,45 @@ def _store_section(spec: ServingSpec, repo: str) -> str:
             f"(S3 endpoint and region); the ServiceAccount `{spec.name}` lists it for KServe's "
             "storage initializer.\n"
         )
-    if not spec.options.kserve and spec.image == TRITON_IMAGE:
-        text += (
-            f"\nThe image is NGC's plain Triton (`{TRITON_IMAGE}`): python-backend models "
-            "(`dlkit package --backend python` or `--preprocess`) need dlkit and their runtime "
-            "in the image, so build the Dockerfile's image and pass it with `--image`.\n"
+    return head + text + _python_section(spec)
+
+
+def _in_context(repo: str) -> str:
+    """`repo` as a path relative to where `docker build .` runs (here), when it is below."""
+    relative = os.path.relpath(repo)
+    return repo if relative.startswith("..") else relative
+
+
+def _python_section(spec: ServingSpec) -> str:
+    """Which models need more than Triton's own image, and the image that has it."""
+    if not spec.python_models:
+        return ""
+    listed = ", ".join(f"`{m}` ({needs})" for m, needs in spec.python_models.items())
+    text = (
+        f"\n### Python-backend models\n\n{listed} run on Triton's python backend: their "
+        "`model.py` imports the package named beside each, in the image's own Python. "
+        f"NGC's plain Triton image (`{TRITON_IMAGE}`) has the python backend but none of "
+        "these: a pod running it on this repository fails to load them and, strict, "
+        "crash-loops. The Dockerfile's image has them: built with `PYTHON_MODELS=1` (the "
+        "default) it installs dlkit with onnxruntime and torch.\n"
+    )
+    if spec.options.kserve:
+        return text + (
+            "\nKServe's Triton runtime runs NGC's plain image, whatever these files say: "
+            "package these models with `--backend native` (and without `--preprocess`), or "
+            "serve the repository with a Deployment (`dlkit k8s` without `--kserve`) and "
+            "`--image` set to the Dockerfile's image.\n"
         )
-    return head + text
+    if spec.image == TRITON_IMAGE:
+        return text + (
+            "\n**These manifests run the plain image.** Build and push the Dockerfile's image "
+            "(with a model store the copy of the repository baked into it is not used), then "
+            "write the manifests again with it:\n\n"
+            "    docker build -t REGISTRY/dlkit-triton:TAG . && docker push "
+            "REGISTRY/dlkit-triton:TAG\n"
+            f"    dlkit k8s --model-store {spec.store} --image REGISTRY/dlkit-triton:TAG --force\n"
+        )
+    return text + f"\nBuild `{spec.image}` from the Dockerfile with `PYTHON_MODELS=1`.\n"
 
 
 def _kserve_section(spec: ServingSpec, out: str, ns: str) -> str:

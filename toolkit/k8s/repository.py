@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 from toolkit.errors import DlkitError
-from toolkit.triton.configs import CONFIG_FILE, read_config
+from toolkit.triton.configs import CONFIG_FILE, parameter, read_config
 from toolkit.triton.repository import existing_versions
+
+# What the model.py of a python-backend model dlkit wrote imports, by the artifact it runs;
+# NGC's plain Triton image has the python backend but none of these.
+PYTHON_IMPORTS = {"onnx": "onnxruntime", "torchscript": "torch"}
 
 
 def served_models(repo: str | os.PathLike) -> list[str]:
@@ -41,3 +45,23 @@ def served_models(repo: str | os.PathLike) -> list[str]:
                 "too (an ensemble's models are served by the same pod)"
             )
     return list(steps)
+
+
+def python_backend_models(repo: str | os.PathLike) -> dict[str, str]:
+    """The models of `repo` that run on Triton's python backend, each with what its model.py
+    needs beyond Triton's own image: `onnxruntime` or `torch` for a classifier dlkit packaged
+    with `--backend python`, `dlkit` for its `--preprocess` model, and for a model.py dlkit
+    did not write, whatever it imports."""
+    found = {}
+    for folder in sorted(p for p in Path(repo).iterdir() if (p / CONFIG_FILE).is_file()):
+        config = read_config(folder / CONFIG_FILE)
+        if config.backend != "python":
+            continue
+        artifact = parameter(config, "artifact_format")
+        if artifact:
+            found[folder.name] = PYTHON_IMPORTS.get(artifact, artifact)
+        elif "dlkit" in config.parameters:
+            found[folder.name] = "dlkit"
+        else:
+            found[folder.name] = "whatever its model.py imports"
+    return found

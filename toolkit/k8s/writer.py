@@ -18,9 +18,9 @@ from toolkit.errors import DlkitError
 from toolkit.files import atomic_path
 from toolkit.k8s import metrics
 from toolkit.k8s.manifests import build_manifests, kustomization
-from toolkit.k8s.options import K8sOptions, resolve
+from toolkit.k8s.options import K8sOptions, plain_triton_warning, resolve
 from toolkit.k8s.readme import ADAPTER_VALUES, readme
-from toolkit.k8s.repository import served_models
+from toolkit.k8s.repository import python_backend_models, served_models
 
 HEADER = "# Written by `dlkit k8s`; see README.md in this folder.\n"
 
@@ -37,6 +37,8 @@ class K8sResult:
     image: str | None  # None for KServe: its runtime picks the image
     namespace: str | None
     metric: str | None  # the HPA's custom metric (None for KServe)
+    python_backend_models: dict[str, str]  # name -> what its model.py imports
+    warnings: list[str]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +61,7 @@ def write_k8s(
         raise DlkitError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise DlkitError(f"{out} exists and is not empty; pass --force to replace it")
-    spec = resolve(options, served_models(repo))
+    spec = resolve(options, served_models(repo), python_backend_models(repo))
     manifests = build_manifests(spec)
     texts = {name: to_yaml(m) for name, m in manifests.items()}
     texts["kustomization.yaml"] = to_yaml(kustomization(spec, list(manifests)))
@@ -76,6 +78,8 @@ def write_k8s(
         image=None if options.kserve else spec.image,
         namespace=options.namespace,
         metric=None if options.kserve else metrics.HPA_METRIC,
+        python_backend_models=spec.python_models,
+        warnings=[w for w in [plain_triton_warning(spec)] if w],
     )
 
 

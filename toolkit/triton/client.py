@@ -27,9 +27,10 @@ from toolkit.data import encoded_images, preprocess_images
 from toolkit.errors import DlkitError
 from toolkit.evaluate import top_k as rank
 from toolkit.triton.configs import config_info
-from toolkit.triton.endpoints import EndpointPool, parse_urls
+from toolkit.triton.endpoints import EndpointPool, parse_urls, split_model
 from toolkit.triton.protocol import Transport, error_text, open_transport, retryable, timed_out
 from toolkit.triton.shm import SharedMemory
+from toolkit.triton.versions import served_text, version_info
 
 
 class RequestRefused(DlkitError):
@@ -176,7 +177,8 @@ class TritonClient:
         if model and ("NOT_FOUND" in status or "unknown model" in message.lower()):
             return DlkitError(
                 f"model {model!r} is not served at {self.url}; it serves "
-                f"{self.models() or 'no models'}"
+                f"{served_text(self.served_versions()) or 'no models'} (one version of a "
+                "model: MODEL/VERSION)"
             )
         return RequestRefused(f"Triton {what} failed: {message.splitlines()[0][:500]}")
 
@@ -219,8 +221,19 @@ class TritonClient:
         return self._call("repository index", lambda t: t.repository_index())
 
     def models(self) -> list[str]:
-        """Names of the models the server has loaded and ready."""
-        return sorted(m["name"] for m in self.repository_index() if m.get("state") == "READY")
+        """Names of the models the server has loaded and ready (each once, whatever its
+        versions)."""
+        return sorted(self.served_versions())
+
+    def served_versions(self) -> dict[str, list[int]]:
+        """The ready versions of each model the server has loaded, by name."""
+        ready: dict[str, list[int]] = {}
+        for entry in self.repository_index():
+            if entry.get("state") == "READY":
+                versions = ready.setdefault(entry["name"], [])
+                if str(entry.get("version", "")).isdigit():
+                    versions.append(int(entry["version"]))
+        return {name: sorted(ready[name]) for name in sorted(ready)}
 
     def metadata(self, model: str) -> dict[str, Any]:
         """Triton's model metadata: `{"name", "versions", "inputs", "outputs"}`, shapes as ints."""
@@ -268,7 +281,7 @@ class TritonClient:
                 output_name=tout["name"],
                 output_dims=tuple(tout["shape"][skip:]),
                 max_batch_size=config.max_batch_size,
-                info=config_info(config),
+                info=version_info(config, split_model(model)[1]) or config_info(config),
             )
             self._models[model] = served
         return served

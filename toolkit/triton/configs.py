@@ -91,6 +91,11 @@ class ServingOptions:
         }
 
 
+def model_file_names() -> list[str]:
+    """The model file each format has in a version folder (model.onnx, model.pt, model.xml)."""
+    return [p.triton.model_file for p in plugins() if p.triton is not None]
+
+
 def thread_parameters() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Every config key that holds intra-op and inter-op thread counts: the python backend's
     and each format's native backend's."""

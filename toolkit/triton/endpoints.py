@@ -8,6 +8,7 @@ the least recently failed one is tried anyway (better than failing without tryin
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from toolkit.choices import Protocol
 from toolkit.errors import DlkitError
 
 DEFAULT_PORTS = {Protocol.GRPC: 8001, Protocol.HTTP: 8000}
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -25,7 +27,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 class Endpoint:
     protocol: Protocol
     address: str  # host:port
-    model: str | None = None  # from a URL's path (grpc://host:8001/NAME)
+    model: str | None = None  # from a URL's path (grpc://host:8001/NAME[/VERSION])
 
     @property
     def url(self) -> str:
@@ -36,9 +38,20 @@ class Endpoint:
         return urlsplit(self.url).hostname in LOCAL_HOSTS
 
 
+def split_model(reference: str) -> tuple[str, str]:
+    """`faces/2` -> ("faces", "2"); `faces` -> ("faces", ""): a model, and one version of it
+    ("": the versions Triton chooses). Model names hold no `/`, so the form is unambiguous."""
+    name, _, version = reference.partition("/")
+    if not name or (version and not _VERSION.fullmatch(version)):
+        raise DlkitError(
+            f"{reference!r} is not MODEL or MODEL/VERSION (a version is a whole number from 1)"
+        )
+    return name, version
+
+
 def parse_url(url: str, protocol: str | None = None) -> Endpoint:
-    """`grpc://host:8001/NAME`, `http://host:8000`, `host:port` -> Endpoint. Without a scheme
-    the protocol is `protocol`, else gRPC."""
+    """`grpc://host:8001/NAME`, `grpc://host:8001/NAME/VERSION`, `http://host:8000`,
+    `host:port` -> Endpoint. Without a scheme the protocol is `protocol`, else gRPC."""
     text = url if "://" in url else f"{protocol or 'grpc'}://{url}"
     parts = urlsplit(text)
     scheme = Protocol.parse(parts.scheme.lower(), "protocol")
@@ -51,7 +64,10 @@ def parse_url(url: str, protocol: str | None = None) -> Endpoint:
         port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
         raise DlkitError(f"bad port in {url!r}; ports are 1-65535") from None
-    return Endpoint(scheme, f"{host}:{port}", parts.path.strip("/") or None)
+    model = parts.path.strip("/") or None
+    if model is not None:
+        split_model(model)  # a bad version fails here, naming the URL's form
+    return Endpoint(scheme, f"{host}:{port}", model)
 
 
 def parse_urls(urls: str | Sequence[str], protocol: str | None = None) -> list[Endpoint]:

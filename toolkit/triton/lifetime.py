@@ -61,13 +61,32 @@ def preexec() -> Callable[[], None] | None:
     return die_with_parent if sys.platform.startswith("linux") and main else None
 
 
-def write_owner(workdir: Path, server_pid: int | None = None) -> None:
-    """Record who owns `workdir`: this process and, once started, its server."""
+def write_owner(workdir: Path, server_pid: int | None = None, serving: dict | None = None) -> None:
+    """Record who owns `workdir`: this process and, once started, its server, with what it
+    serves (`serving`: the repository and the HTTP address, for `running_servers`)."""
     me = os.getpid()
-    record = {"dlkit": [me, start_time(me)]}
+    record: dict = {"dlkit": [me, start_time(me)]}
     if server_pid is not None:
         record["server"] = [server_pid, start_time(server_pid)]
+    if serving is not None:
+        record["serving"] = serving
     (workdir / OWNER_FILE).write_text(json.dumps(record))
+
+
+def running_servers(repo: str | os.PathLike, root: str | os.PathLike | None = None) -> list[dict]:
+    """The tritonservers dlkit started on `repo` that are running now: their records
+    (`{"repository", "http", "pid"}`), read from the owner files of their private folders."""
+    wanted = str(Path(repo).resolve())
+    found = []
+    for owner in Path(root or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*/{OWNER_FILE}"):
+        try:
+            record = json.loads(owner.read_text())
+            serving, server = record.get("serving") or {}, record.get("server") or [None, None]
+            if serving.get("repository") == wanted and alive(*server):
+                found.append(serving | {"pid": server[0]})
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return found
 
 
 def stop_group(pid: int, timeout: float) -> None:

@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import DlkitError
 from toolkit.triton.configs import CONFIG_FILE, MAX_INSTANCES, parameter, read_config
-from toolkit.triton.repository import existing_versions
+from toolkit.triton.versions import existing_versions, policy_versions
 
 # Which backend serves each `platform` of a config.
 PLATFORM_BACKENDS = {
@@ -118,14 +118,7 @@ def model_problem(model_dir: Path, config: mc.ModelConfig) -> str:
     versions = existing_versions(model_dir)
     if not versions:
         return "no numbered version folder"
-    policy = config.version_policy
-    chosen = policy.WhichOneof("policy_choice")
-    if chosen == "all":
-        loaded = versions
-    elif chosen == "specific":
-        loaded = [v for v in versions if v in set(policy.specific.versions)]
-    else:
-        loaded = versions[-(policy.latest.num_versions or 1) :]
+    loaded = policy_versions(config, versions)
     if not loaded:
         return f"its version_policy picks none of its versions ({versions})"
     kind = config.platform or config.backend

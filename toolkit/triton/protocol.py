@@ -19,6 +19,8 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from toolkit.choices import Protocol
+from toolkit.errors import DlkitError
+from toolkit.triton.endpoints import split_model
 
 # Status codes that mean "the server is not there (yet), or did not answer in time".
 RETRYABLE_STATUS = frozenset(
@@ -62,7 +64,7 @@ class Transport:
         return bool(self._call("is_server_ready"))
 
     def model_ready(self, model: str) -> bool:
-        return bool(self._call("is_model_ready", model))
+        return bool(self._call("is_model_ready", *split_model(model)))
 
     def repository_index(self) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -77,13 +79,14 @@ class Transport:
         raise NotImplementedError
 
     def load_model(self, model: str, config_json: str | None = None) -> None:
-        self._call("load_model", model, config=config_json)
+        self._call("load_model", _whole(model), config=config_json)
 
     def unload_model(self, model: str) -> None:
-        self._call("unload_model", model)
+        self._call("unload_model", _whole(model))
 
     def infer(self, model: str, inputs: list, outputs: list):
-        return self._call("infer", model, inputs, outputs=outputs)
+        name, version = split_model(model)
+        return self._call("infer", name, inputs, model_version=version, outputs=outputs)
 
     def register_shm(self, name: str, key: str, size: int) -> None:
         self._call("register_system_shared_memory", name, key, size)
@@ -108,13 +111,13 @@ class GrpcTransport(Transport):
         return self._call("get_model_repository_index", as_json=True).get("models", [])
 
     def metadata(self, model: str) -> dict[str, Any]:
-        return self._call("get_model_metadata", model, as_json=True)
+        return self._call("get_model_metadata", *split_model(model), as_json=True)
 
     def config(self, model: str):
-        return self._call("get_model_config", model).config
+        return self._call("get_model_config", *split_model(model)).config
 
     def statistics(self, model: str) -> dict[str, Any]:
-        return self._call("get_inference_statistics", model, as_json=True)
+        return self._call("get_inference_statistics", *split_model(model), as_json=True)
 
 
 class HttpTransport(Transport):
@@ -133,16 +136,24 @@ class HttpTransport(Transport):
         return self._call("get_model_repository_index")
 
     def metadata(self, model: str) -> dict[str, Any]:
-        return self._call("get_model_metadata", model)
+        return self._call("get_model_metadata", *split_model(model))
 
     def config(self, model: str):
-        as_dict = self._call("get_model_config", model)
+        as_dict = self._call("get_model_config", *split_model(model))
         return json_format.ParseDict(
             as_dict, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
         )
 
     def statistics(self, model: str) -> dict[str, Any]:
-        return self._call("get_inference_statistics", model)
+        return self._call("get_inference_statistics", *split_model(model))
+
+
+def _whole(model: str) -> str:
+    """A model loaded or unloaded as a whole: the repository API takes no version."""
+    name, version = split_model(model)
+    if version:
+        raise DlkitError(f"{model}: Triton loads and unloads a model with all its versions")
+    return name
 
 
 def open_transport(protocol: str, address: str, timeout: float) -> Transport:

@@ -50,6 +50,7 @@ from toolkit.triton.configs import (
     write_config,
 )
 from toolkit.triton.version_files import BACKEND_SOURCES, version_files
+from toolkit.triton.versions import existing_versions, recorded_config, served_versions
 
 MAX_VERSION = 2**31 - 1  # Triton parses version folders as int64; keep well inside
 MAX_NAME = 128
@@ -65,7 +66,7 @@ class PackageOptions:
     check (Triton will run the file). `replace_config` lets a new version change the serving
     options of a model that exists, which changes how every version of it runs."""
 
-    backend: Backend = Backend.NATIVE
+    backend: Backend | None = Backend.NATIVE  # None: the existing model's, else native
     serving: ServingOptions = field(default_factory=ServingOptions)
     preprocess: bool = False
     trust: bool = False
@@ -86,13 +87,14 @@ class PackageResult:
     models: list[str]
     path: str
     config_changes: str = ""
+    backend_from_model: bool = False  # no backend was asked for: the model's versions' one
+    served_versions: list[int] = field(default_factory=list)  # what Triton loads, by policy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DIGITS = re.compile(r"[0-9]+")
 
 
 def default_name(artifact: str | os.PathLike) -> str:
@@ -110,14 +112,6 @@ def check_name(name: str, suffix: str = "") -> None:
             f"model name {name[:40]!r} must be letters, digits, '_', '-' or '.', at most "
             f"{longest} characters, starting with a letter or digit"
         )
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    """The numbers of a model folder's version folders (Triton reads ASCII digits only)."""
-    if not model_dir.is_dir():
-        return []
-    folders = [p.name for p in model_dir.iterdir() if p.is_dir()]
-    return sorted(int(name) for name in folders if _DIGITS.fullmatch(name))
 
 
 def _tensors(tensors) -> str:
@@ -167,8 +161,9 @@ def _check_compatible(model_dir: Path, new: mc.ModelConfig, replace: bool) -> st
         raise DlkitError(
             f"model {new.name} in {model_dir.parent} cannot take this as a new version "
             f"({different}): one config.pbtxt serves every version of a model, so they must "
-            "share format, backend, inputs, outputs, classes and preprocessing. Package it as "
-            f"another model (--name {new.name}_{_flavour(*shared)}), or remove {model_dir} first"
+            "share format, backend, inputs, outputs, classes and preprocessing. "
+            f"{_backend_hint(old, new)}Package it as another model "
+            f"(--name {new.name}_{_flavour(*shared)}), or remove {model_dir} first"
         )
     changes = _differences(serving_options(old).to_dict(), serving_options(new).to_dict())
     if changes and not replace:
@@ -178,6 +173,30 @@ def _check_compatible(model_dir: Path, new: mc.ModelConfig, replace: bool) -> st
             "has, or pass --replace-config to serve every version with the new ones"
         )
     return changes
+
+
+def config_backend(config: mc.ModelConfig) -> Backend:
+    """How a classifier's config runs it: the python backend, or a native one."""
+    return Backend.PYTHON if config.backend == "python" else Backend.NATIVE
+
+
+def _backend_hint(old: mc.ModelConfig, new: mc.ModelConfig) -> str:
+    """When the backends differ: the option that packages with the model's."""
+    wanted = config_backend(old)
+    if wanted == config_backend(new):
+        return ""
+    return f"Its versions run on the {wanted} backend: package with --backend {wanted}, or "
+
+
+def chosen_backend(asked: Backend | str | None, model_dir: Path) -> tuple[Backend, bool]:
+    """The backend to package with: the one asked for, else that of the model's existing
+    versions (True: taken from the model), else native."""
+    if asked is not None:
+        return Backend.parse(asked, "backend"), False
+    config = model_dir / CONFIG_FILE
+    if config.is_file():
+        return config_backend(read_config(config)), True
+    return Backend.NATIVE, False
 
 
 def _flavour(old: dict[str, str], new: dict[str, str]) -> str:
@@ -195,15 +214,20 @@ def _write_model(
     info: ArtifactInfo,
     labels: bool = True,
     replace: bool = False,
+    versioned: bool = False,
 ) -> str:
     """Write `repo/<name>/<version>/` (files copied in) atomically; the config and labels
     only for a new model, or when `replace` allows the serving changes `config` makes
-    (returned). A new model is assembled in a hidden folder and renamed as a whole."""
+    (returned). A new model is assembled in a hidden folder and renamed as a whole.
+    `versioned` (a classifier): the config also records what this version is (see
+    `toolkit.triton.versions`), so it is rewritten with every version, serving as it was."""
     model_dir = repo / config.name
     if (model_dir / str(version)).exists():
         raise DlkitError(f"{model_dir / str(version)} already exists; choose another --version")
     has_config = (model_dir / CONFIG_FILE).is_file()
     changes = _check_compatible(model_dir, config, replace) if has_config else ""
+    if versioned:
+        config = recorded_config(model_dir, config, info, version, keep=not changes)
 
     def fill(version_dir: Path) -> None:
         version_dir.mkdir(parents=True)
@@ -224,6 +248,8 @@ def _write_model(
                 fill(tmp)
             if changes or not has_config:
                 finish(model_dir)
+            elif versioned:  # the same serving config, recording the new version
+                write_config(config, model_dir / CONFIG_FILE)
         else:
             with atomic_path(model_dir) as tmp:
                 fill(tmp / str(version))
@@ -289,7 +315,6 @@ def package_artifact(
     or options that contradict the artifact.
     """
     options = options or PackageOptions()
-    backend = Backend.parse(options.backend, "backend")
     path, repo = Path(artifact), Path(repo)
     fmt = plugin(detect_format(path))
     if fmt.triton is None:
@@ -300,6 +325,7 @@ def package_artifact(
     info = read_info(path)
     name = name or default_name(path)
     check_name(name, PREPROCESS_SUFFIX if options.preprocess else "")
+    backend, inherited = chosen_backend(options.backend, repo / name)
     tensors = fmt.io_tensors(path, info, native=backend == Backend.NATIVE)
     fmt.check_before_serving(path, info, options.trust)
     max_batch_size = _max_batch_size(path, tensors, info, options)
@@ -315,8 +341,10 @@ def package_artifact(
                     f"{repo / name} has a version folder numbered {version - 1}, beyond what "
                     f"Triton reads ({MAX_VERSION}); remove it, or give --version"
                 )
-        changes = _write_model(repo, config, version, files, info, replace=options.replace_config)
-        models = [name]
+        changes = _write_model(
+            repo, config, version, files, info, replace=options.replace_config, versioned=True
+        )
+        served, models = served_versions(repo / name), [name]
         if options.preprocess:
             models += _add_preprocessing(repo, config, tensors[0], info, options)
     return PackageResult(
@@ -329,6 +357,8 @@ def package_artifact(
         models=models,
         path=str(repo / name / str(version)),
         config_changes=changes,
+        backend_from_model=inherited,
+        served_versions=served,
     )
 
 

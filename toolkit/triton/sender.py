@@ -18,6 +18,7 @@ from tritonclient.utils import serialize_byte_tensor
 
 from toolkit.errors import DlkitError
 from toolkit.triton.client import ServedModel
+from toolkit.triton.endpoints import split_model
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MAX_MESSAGE = 2**31 - 1  # as tritonclient: no message size limit of our own
@@ -29,7 +30,8 @@ class PreparedRequest:
     most)."""
 
     def __init__(self, address: str, served: ServedModel, batch: np.ndarray, timeout: float):
-        request = service_pb2.ModelInferRequest(model_name=served.name)
+        name, version = split_model(served.name)
+        request = service_pb2.ModelInferRequest(model_name=name, model_version=version)
         request.inputs.add(
             name=served.input_name, datatype=served.input_datatype, shape=list(batch.shape)
         )

@@ -279,7 +279,8 @@ class TritonServer:
                 start_new_session=True,
                 preexec_fn=lifetime.preexec(),
             )
-            lifetime.write_owner(self.workdir, self.process.pid)
+            serving = {"repository": str(self.repo), "http": self.http_url}
+            lifetime.write_owner(self.workdir, self.process.pid, serving)
         finally:
             if output is not None:
                 output.close()
@@ -330,6 +331,16 @@ class TritonServer:
                     k: entry.get(k, "") for k in ("state", "reason", "version")
                 }
         return states
+
+    def served_versions(self) -> dict[str, list[int]]:
+        """The versions of each model it was asked to load that are ready now."""
+        with TritonClient(f"http://{self.http_url}", timeout=5, retries=0) as client:
+            index = client.repository_index()
+        ready: dict[str, list[int]] = {}
+        for entry in index:
+            if entry.get("state") == "READY" and str(entry.get("version", "")).isdigit():
+                ready.setdefault(entry["name"], []).append(int(entry["version"]))
+        return {name: sorted(ready[name]) for name in self.plan.load if name in ready}
 
     def failed_models(self) -> dict[str, str]:
         """Models that were asked for but did not load, with Triton's reason."""

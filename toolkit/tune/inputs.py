@@ -15,12 +15,18 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.artifacts import detect_format, plugin, plugins, read_info
+from toolkit.artifacts import detect_format, plugin, read_info
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.choices import Backend
 from toolkit.errors import DlkitError
 from toolkit.files import link_tree
-from toolkit.triton.configs import CONFIG_FILE, LABELS_FILE, parameter, read_config
+from toolkit.triton.configs import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    model_file_names,
+    parameter,
+    read_config,
+)
 from toolkit.triton.plan import PLATFORM_BACKENDS
 from toolkit.triton.repository import (
     PackageOptions,
@@ -108,7 +114,7 @@ def from_repository(repo: str | os.PathLike, name: str) -> Candidate:
     config = read_config(model_dir / CONFIG_FILE)
     folder = model_dir / str(versions[-1])
     named = config.default_model_filename or parameter(config, "artifact_file")
-    known = [p.triton.model_file for p in plugins() if p.triton is not None]
+    known = model_file_names()
     files = [folder / f for f in ([named] if named else known) if (folder / f).is_file()]
     if not files:
         raise DlkitError(f"{folder} holds no model file that dlkit packaged")

@@ -12,10 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from toolkit.artifacts import detect_format, plugin
 from toolkit.errors import DlkitError
-from toolkit.files import rehearse
-from toolkit.triton.configs import ServingOptions
+from toolkit.files import rehearse, sha256_file
+from toolkit.triton.configs import (
+    CONFIG_FILE,
+    ServingOptions,
+    read_config,
+    serving_options,
+)
 from toolkit.triton.repository import PackageOptions, package_artifact
+from toolkit.triton.versions import existing_versions
 from toolkit.tune.inputs import Candidate
 
 TUNED_SUFFIX = "_tuned"
@@ -43,3 +50,22 @@ def publish(
     if reason:
         result |= {"instead_of": name, "reason": reason}
     return result
+
+
+def served_options(
+    candidate: Candidate, repo: str | os.PathLike, name: str
+) -> ServingOptions | None:
+    """How model `name` of `repo` serves now, when its newest version is the candidate's
+    very file (byte for byte); else None (another file, or no such model)."""
+    model_dir = Path(repo) / name
+    versions = existing_versions(model_dir)
+    if not versions or not (model_dir / CONFIG_FILE).is_file():
+        return None
+    newest = model_dir / str(versions[-1])
+    files = plugin(detect_format(candidate.artifact)).triton_files(candidate.artifact)
+    for name_there, source in files.items():
+        if not (newest / name_there).is_file():
+            return None
+        if sha256_file(newest / name_there) != sha256_file(source):
+            return None
+    return serving_options(read_config(model_dir / CONFIG_FILE))

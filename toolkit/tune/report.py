@@ -29,6 +29,7 @@ class TuneReport:
     selected: Trial
     chosen_by_search: Trial
     stopped: str
+    decision: str = ""  # why the selected config was kept, in words
     accuracy: dict[str, Any] | None = None
     breakdowns: dict[str, Breakdown] = field(default_factory=dict)
     written: dict[str, Any] | None = None
@@ -49,6 +50,7 @@ class TuneReport:
             "stopped": self.stopped,
             "search_best": self.chosen_by_search.index,
             "kept_after_confirmation": self.selected is self.chosen_by_search,
+            "decision": self.decision,
             "breakdown": {k: b.to_dict() for k, b in self.breakdowns.items()},
             "written": self.written,
             "settings": self.settings,
@@ -58,9 +60,19 @@ class TuneReport:
 
 
 def pareto_front(trials: list[Trial], concurrency: int) -> list[Trial]:
-    """Measured trials no other beats on both throughput and p99 at `concurrency`, by
-    throughput."""
-    points = [(t, t.level(concurrency)) for t in trials if t.ok and t.level(concurrency)]
+    """Every trial no other dominates at `concurrency` (at least as much throughput and at
+    most the p99, better in one), by throughput; trials with equal figures are all on it.
+    Only trials that served the level without a failed request count, on either side: a
+    config whose requests failed (answered fast, with errors) is no trade-off to choose and
+    must not push a working one off the front."""
+    points = [
+        (t, level)
+        for t in trials
+        if t.ok
+        and (level := t.level(concurrency)) is not None
+        and level.failures == 0
+        and level.load.requests > 0
+    ]
     front = [
         t
         for t, a in points
@@ -147,6 +159,8 @@ def format_markdown(report: TuneReport) -> str:
         f"Chosen: **{chosen}** (trial {sel.index}) for the {s['objective']} "
         f"objective; search stopped: {report.stopped}; {len(report.trials)} trials, "
         f"{report.seconds:.0f} s in all, {s['cores']} cores.",
+        "",
+        f"Decision: {report.decision}.",
         "",
         "## Default against chosen",
         "",

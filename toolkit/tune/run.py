@@ -31,9 +31,9 @@ from toolkit.triton.server import find_tritonserver
 from toolkit.tune import inputs
 from toolkit.tune.breakdown import Breakdown, request_breakdown
 from toolkit.tune.inputs import Candidate
-from toolkit.tune.publish import publish
+from toolkit.tune.publish import publish, served_options
 from toolkit.tune.report import TuneReport, write_report
-from toolkit.tune.search import Goal, climb, confirm, judge, strategy
+from toolkit.tune.search import Goal, climb, confirmation, judge, strategy
 from toolkit.tune.session import MeasureSettings, TuningServer, run_round
 from toolkit.tune.space import SearchSpace, TrialConfig, cpu_space
 from toolkit.tune.trials import Trial
@@ -167,11 +167,13 @@ def _search_and_check(config: TuneConfig, tuning: Tuning, server: TuningServer) 
     if best == tuning.start:
         default = chosen = _latest(tuning.trials, best)
         selected = default if judge(default, tuning.goal).feasible else None
+        decision = "the search found nothing better than the default"
     else:
         default, chosen = tuning.run_round(server, [tuning.start, best], "confirm")
-        selected = confirm(default, chosen, tuning.goal)
+        selected, decision = confirmation(default, chosen, tuning.goal)
     if selected is None:
         raise _nothing_met(tuning)
+    logger.info("decision: %s", decision)
     shown = {"default": default} | ({"selected": selected} if selected is not default else {})
     slots = server.serve([t.config for t in shown.values()], tuning.settings.load_timeout)
     breakdowns = {
@@ -192,6 +194,7 @@ def _search_and_check(config: TuneConfig, tuning: Tuning, server: TuningServer) 
         selected=selected,
         chosen_by_search=chosen,
         stopped=stopped,
+        decision=decision,
         accuracy=accuracy,
         breakdowns=breakdowns,
         server_restarts=server.restarts,
@@ -266,14 +269,20 @@ def _settings(config: TuneConfig, tuning: Tuning) -> dict:
 
 
 def _write(config: TuneConfig, tuning: Tuning, report: TuneReport, name: str) -> dict | None:
-    """Publish the selected config, unless it is what the model in the repository already
-    serves (a model tuned from `--repo --name` that nothing beat)."""
+    """Publish the selected config, unless what is served would not change: a model tuned
+    from `--repo --name` that nothing beat beyond the noise, or a model whose newest version
+    is this very file, which nothing beat or which already serves the chosen config."""
     selected = report.selected
     candidate = tuning.candidates[selected.config.variant]
-    if not config.artifacts and selected is report.baseline:
-        logger.info("the current configuration is the best found: nothing to write")
+    serving = selected.config.serving
+    served = served_options(candidate, config.repo, name)
+    kept = selected is report.baseline and (not config.artifacts or served is not None)
+    if kept or served == serving:
+        why = "nothing beat it beyond the noise" if kept else "it is served that way already"
+        report.decision += f"; {name} in {config.repo} is left as it is ({why}): nothing written"
+        logger.info("%s is left as it is: nothing written", name)
         return None
-    return publish(candidate, selected.config.serving, config.repo, name)
+    return publish(candidate, serving, config.repo, name)
 
 
 @contextlib.contextmanager

@@ -193,15 +193,58 @@ def climb(space: SearchSpace, start: TrialConfig, trials: Sequence[Trial], goal:
 
 
 def confirm(default: Trial, chosen: Trial, goal: Goal) -> Trial | None:
+    """The final choice (see `confirmation`)."""
+    return confirmation(default, chosen, goal)[0]
+
+
+def confirmation(default: Trial, chosen: Trial, goal: Goal) -> tuple[Trial | None, str]:
     """The final choice from a last round measuring the default and the search's best
-    together: the best if it meets the goal and is no worse than the default beyond the
-    margin (with the throughput objective, at no level), else the default if it meets the
-    goal, else None."""
+    together, and why. A change within the noise is no change: the best replaces the default
+    only when both meet the goal, every level of both settled, and the best wins on the
+    objective by more than the margin and more than the noise measured on either (the
+    relative range of its windows at the level the objective reads). Else the default, if it
+    meets the goal; else the best, if it does; else None."""
     held, challenger = judge(default, goal), judge(chosen, goal, default)
-    no_worse = challenger.value >= held.value - goal.margin * abs(held.value)
-    if challenger.feasible and (not held.feasible or no_worse):
-        return chosen
-    return default if held.feasible else None
+    if not held.feasible:
+        if challenger.feasible:
+            return chosen, f"the default does not meet the goal ({held.reason})"
+        return None, f"neither meets the goal ({held.reason}; {challenger.reason})"
+    if not challenger.feasible:
+        return default, f"kept the default: the search's best does not hold ({challenger.reason})"
+    unsettled = [
+        f"{who} at concurrency {c}"
+        for who, trial in (("the default", default), ("the best", chosen))
+        for c in goal.levels
+        if trial.level(c).load.stable is False
+    ]
+    if unsettled:
+        return default, (
+            f"kept the default: the confirmation's windows did not agree for "
+            f"{', '.join(unsettled)}, so no difference is established"
+        )
+    noise = max(goal.margin, _spread(default, goal.focus), _spread(chosen, goal.focus))
+    compared = _compared(default, chosen, goal)
+    if not beats(challenger, held, noise):
+        return default, f"kept the default: {compared} is within the measured noise (±{noise:.0%})"
+    return chosen, f"{compared}, beyond the measured noise (±{noise:.0%})"
+
+
+def _spread(trial: Trial, concurrency: int) -> float:
+    """The relative range of a trial's windows at a level (0 where none was measured)."""
+    return trial.level(concurrency).load.spread or 0.0
+
+
+def _compared(default: Trial, chosen: Trial, goal: Goal) -> str:
+    """The best against the default on the objective, in words."""
+    mine, theirs = chosen.level(goal.focus), default.level(goal.focus)
+    if goal.objective == Objective.THROUGHPUT:
+        a, b, unit, what = mine.throughput, theirs.throughput, " images/s", ""
+    else:
+        a, b, unit, what = mine.p99_ms, theirs.p99_ms, " ms", "p99 "
+    return (
+        f"the best's {what}{a:,.2f}{unit} against the default's {b:,.2f}{unit} "
+        f"({a / b - 1:+.1%}) at concurrency {goal.focus}"
+    )
 
 
 def strategy(space: SearchSpace, goal: Goal) -> str:
@@ -222,6 +265,7 @@ def strategy(space: SearchSpace, goal: Goal) -> str:
         f"anywhere and {goal.margin:.0%} better at some level. Sweeps repeat until one changes "
         f"nothing (at most {MAX_SWEEPS}) or the time budget ends; the whole cross product is "
         "never walked. A last round measures the default and the best together: the best is "
-        "kept only if it meets the limits and is no worse than the default there (beyond the "
-        "margin)."
+        "kept only if it meets the limits, every level of both settled, and it beats the "
+        "default there by more than the margin and the noise measured on either (a change "
+        "within the noise is no change)."
     )
