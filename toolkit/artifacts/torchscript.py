@@ -3,15 +3,16 @@
 A TorchScript file is a program: `torch.jit.load` runs its `__setstate__` and its `forward`
 can call any operator, file-touching ones (`torch.from_file`, `torch.save`) included. dlkit
 reads metadata straight from the zip archive without loading anything, and before it loads a
-file it reads the archive's code (stored as text) and refuses any operator outside what an
-image classifier needs, unless the caller passes `trust=True` (`--trust`).
+file it reads the file's bytes once, checks them as torch will read them (`ts_archive`: the
+code read as code, every reference resolved, refused outside `ALLOWED_OPERATORS`; no
+flatbuffers), and loads those same bytes, unless the caller passes `trust=True` (`--trust`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import re
 import threading
 import warnings
 import zipfile
@@ -24,6 +25,7 @@ import torch
 
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, first_line, set_torch_threads
+from toolkit.artifacts.ts_archive import archive_findings, read_records
 from toolkit.choices import Format
 from toolkit.devices import resolve_device
 from toolkit.errors import DlkitError
@@ -52,10 +54,9 @@ ALLOWED_OPERATORS = frozenset(
     ListConstruct ListUnpack dtype device unchecked_cast annotate uninitialized isinstance
     RaiseException __not__ _native_multi_head_attention all any is_autocast_enabled
     is_grad_enabled is_nested requires_grad scaled_dot_product_attention type unflatten
-    floor_divide
+    floor_divide __and__ __or__
     """.split()  # noqa: SIM905 (a word list reads better than a 150-line tuple)
 )
-_CALL = re.compile(r"\b(?:torch|ops\.\w+)\.(\w+)\s*\(")
 
 
 @contextlib.contextmanager
@@ -85,36 +86,48 @@ def read_info(path: str | os.PathLike) -> ArtifactInfo:
     return parse_info(next(iter(texts.values()), None), path)
 
 
-def unsafe_operators(path: str | os.PathLike) -> list[str]:
-    """Operators the archive's code calls that are not on the classifier allowlist."""
-    found: set[str] = set()
-    for text in _archive_text(Path(path), ".py").values():
-        found.update(_CALL.findall(text))
-    return sorted(found - ALLOWED_OPERATORS)
+def read_checked(path: str | os.PathLike, trust: bool = False) -> bytes:
+    """The file's bytes after the code check (unless `trust`): load these, never the path
+    again, so that what was checked is what runs."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DlkitError(f"cannot read {path}: {exc.strerror}") from exc
+    if not trust:
+        check_bytes(data, path)
+    return data
+
+
+def check_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Refuse a TorchScript file whose code or pickles reach anything outside what an image
+    classifier needs (see `ts_archive`: the code is read as code, nothing is run)."""
+    try:
+        findings = archive_findings(read_records(data), ALLOWED_OPERATORS)
+    except DlkitError as exc:
+        raise DlkitError(f"{path} {exc}") from None
+    if findings:
+        raise DlkitError(
+            f"{path} calls or builds what an image classifier does not need "
+            f"({'; '.join(findings[:5])}{' …' if len(findings) > 5 else ''}); a TorchScript "
+            "file is a program and could read or write files. Load it only if you trust where "
+            "it came from (--trust)."
+        )
 
 
 def check_code(path: str | os.PathLike, trust: bool = False) -> None:
-    """Refuse a TorchScript file whose code calls operators a classifier does not need."""
-    if trust:
-        return
-    unsafe = unsafe_operators(path)
-    if unsafe:
-        raise DlkitError(
-            f"{path} calls operators an image classifier does not need ({', '.join(unsafe[:5])}"
-            f"{' …' if len(unsafe) > 5 else ''}); a TorchScript file is a program and could "
-            "read or write files. Load it only if you trust where it came from (--trust)."
-        )
+    """Refuse a TorchScript file whose code reaches anything a classifier does not need."""
+    read_checked(path, trust)
 
 
 def load_torchscript(
     path: str | os.PathLike, map_location: str = "cpu", trust: bool = False
 ) -> tuple[Any, ArtifactInfo]:
-    """A TorchScript module and its dlkit metadata, after the code check."""
+    """A TorchScript module and its dlkit metadata, loaded from the bytes the check read."""
     info = read_info(path)
-    check_code(path, trust)
+    data = read_checked(path, trust)
     try:
         with jit_deprecation_silenced():
-            module = torch.jit.load(str(path), map_location=map_location)
+            module = torch.jit.load(io.BytesIO(data), map_location=map_location)
     except Exception as exc:
         raise DlkitError(f"{path} is not a readable TorchScript file: {exc}") from exc
     return module, info
