@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ from toolkit.errors import DlkitError
 
 EXTRA_FILE = "dlkit.json"  # the metadata, in the archive's extra/ folder
 MAX_CODE_BYTES = 64 * 1024 * 1024
-FORWARD_CHECK_SECONDS = 60.0  # for one batch of zeros; an image classifier takes well under 1 s
 
 # Operators an exported image classifier calls (convolutions, norms, activations, pooling,
 # attention, linear layers, shape and arithmetic helpers, the checks scripting inserts), as
@@ -194,29 +192,16 @@ class Handler:
 
 
 def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
-    """TorchScript declares no output shape, so a Triton config comes from the metadata: run
-    the file (after its code check, unless `trust`) on zeros, as Triton's warm-up will, and
-    check that it answers one score per class within `FORWARD_CHECK_SECONDS`."""
-    module, _ = load_torchscript(path, trust=trust)
+    """TorchScript declares no output shape, so a Triton config comes from the metadata: load
+    the file and run it on zeros, as Triton's warm-up will (after its code check, unless
+    `trust`), in a child process under the model timeout, and check that it answers one score
+    per class."""
+    from toolkit.artifacts.isolated import run_isolated
+
     batch = info.static_batch or 1
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-        info.input_dtype, torch.float32
+    shape = run_isolated(
+        _zeros_answer, str(path), trust, what=str(path), doing="loading it and a batch of zeros"
     )
-    zeros = torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype)
-    try:
-        out = _within(FORWARD_CHECK_SECONDS, lambda: _infer(module, zeros))
-    except TimeoutError:
-        raise DlkitError(
-            f"{path} did not answer a batch of zeros within {FORWARD_CHECK_SECONDS:g} s (a "
-            "forward that never ends would hang Triton's warm-up too); nothing was written"
-        ) from None
-    except Exception as exc:
-        raise DlkitError(
-            f"{path} fails on a batch of zeros shaped as its metadata says "
-            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
-            f"{first_line(exc)}"
-        ) from None
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != (batch, info.num_classes):
         raise DlkitError(
             f"{path} answers {shape} for a batch of {batch}, but its metadata lists "
@@ -224,27 +209,22 @@ def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
         )
 
 
-def _infer(module, batch: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():  # per thread: set where the forward runs
-        return module(batch)
-
-
-def _within(seconds: float, call):
-    """`call()`'s result, run on a daemon thread given `seconds` to finish; TimeoutError when
-    it has not (the thread is left to the process's exit: a Python thread cannot be killed)."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = call()
-        except BaseException as exc:  # handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, name="dlkit-forward-check", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+def _zeros_answer(path: str, trust: bool) -> tuple[int, ...] | str:
+    """The shape of what the file answers to zeros shaped and typed as its metadata says (the
+    type's name when it is no tensor); run in the child of `check_forward`."""
+    module, info = load_torchscript(path, trust=trust)
+    batch = info.static_batch or 1
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        info.input_dtype, torch.float32
+    )
+    zeros = torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype)
+    try:
+        with torch.inference_mode():
+            out = module(zeros)
+    except Exception as exc:
+        raise DlkitError(
+            f"{path} fails on a batch of zeros shaped as its metadata says "
+            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
+            f"{first_line(exc)}"
+        ) from None
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

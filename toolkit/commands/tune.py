@@ -12,6 +12,7 @@ from toolkit.commands.output import (
     finite,
     json_option,
     max_accuracy_drop_option,
+    model_timeout_option,
     positive_ints,
     print_json,
     repo_option,
@@ -74,6 +75,7 @@ from toolkit.commands.output import (
     type=click.Path(file_okay=False),
     help="Folder for tune.md, tune.json and tune.png (default runs/tune-<time>).",
 )
+@model_timeout_option
 @json_option
 def tune(
     artifacts,
