@@ -97,6 +97,13 @@ threads_option = click.option(
     type=click.IntRange(1, 1024),
     help="Intra-op threads for torch and ONNX Runtime alike (default: half the usable cores).",
 )
+repository_trust_option = click.option(
+    "--trust",
+    is_flag=True,
+    help="Serve models that hold what `dlkit package` does not write (other model.py files, "
+    "TorchScript outside the classifier allowlist, configs that load libraries, extra files). "
+    "Triton runs them with your privileges: only for repositories whose author you trust.",
+)
 trust_option = click.option(
     "--trust",
     is_flag=True,
