@@ -223,8 +223,10 @@ def test_unreachable_server_and_bad_urls():
 
 class Peer:
     """A TCP peer on loopback that accepts connections and then never answers (`silent`),
-    reads the request and hangs up (`hang_up`, as a server does that stops mid-request), or
-    answers HTTP headers and then the body one byte a second (`drip`)."""
+    reads the request and hangs up (`hang_up`, as a server does that stops mid-request),
+    says nothing for 2 s and then hangs up (`stall`: what gRPC makes of a silent peer, at a
+    smaller scale: it gives up connecting after ~20 s with a retryable status), or answers
+    HTTP headers and then the body one byte a second (`drip`)."""
 
     def __init__(self, mode: str = "silent"):
         self.mode = mode
@@ -245,6 +247,10 @@ class Peer:
                 threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        if self.mode == "stall":
+            self.closed.wait(2.0)
+            conn.close()
+            return
         with contextlib.suppress(OSError):
             conn.settimeout(2)
             conn.recv(65536)
@@ -272,6 +278,20 @@ def test_a_peer_that_never_finishes_costs_one_deadline(protocol, mode):
         with pytest.raises(DlkitError, match="did not answer within 3 s"):
             client.infer("m", np.zeros((1, 3), np.float32))
         assert time.monotonic() - start < 10
+    finally:
+        peer.close()
+
+
+def test_one_deadline_bounds_a_call_and_its_retries():
+    """Each gRPC try at a stalling peer fails after 2 s with a retryable status: four tries
+    and their backoff took 9.8 s against a 4 s timeout; they now share the one deadline."""
+    peer = Peer("stall")
+    try:
+        start = time.monotonic()
+        client = TritonClient(f"grpc://127.0.0.1:{peer.port}", timeout=4, retries=3)
+        with pytest.raises(DlkitError, match="did not answer within 4 s"):
+            client.metadata("m")
+        assert time.monotonic() - start < 7
     finally:
         peer.close()
 

@@ -125,10 +125,12 @@ class TritonClient:
         """`fn(transport)` on a healthy endpoint, moving on when one fails; errors become
         DlkitError with a message that says what to do.
 
-        An endpoint that let the deadline pass is not asked again within this call (it has
-        cost a whole `timeout` already, and a retry would add load to a busy server), so a
-        silent peer costs one `timeout` per endpoint; quick failures (refused, reset,
-        unavailable) are retried with backoff."""
+        One deadline, `timeout` seconds, bounds the whole call, retries and backoff included:
+        each try gets what is left of it (gRPC gives up connecting to a peer that accepts and
+        never speaks after ~20 s, with a retryable status, so per-try deadlines added up to
+        several timeouts). An endpoint that let its deadline pass is not asked again within
+        this call; quick failures (refused, reset, unavailable) are retried with backoff."""
+        deadline = time.monotonic() + self.timeout
         count = len(self.pool.endpoints)
         tried: set[int] = set()
         silent: set[int] = set()
@@ -137,7 +139,9 @@ class TritonClient:
         for attempt in range(attempts):
             index = self.pool.pick(tried | silent)
             try:
-                result = fn(self._transport(index))
+                transport = self._transport(index)
+                transport.timeout = max(deadline - time.monotonic(), 0.001)
+                result = fn(transport)
             except Exception as exc:
                 if not retryable(exc):
                     if isinstance(exc, InferenceServerException):
@@ -149,16 +153,16 @@ class TritonClient:
                 tried.add(index)
                 if timed_out(exc):
                     silent.add(index)
-                if len(silent) == count:
+                if len(silent) == count or time.monotonic() >= deadline:
                     break
                 if len(tried) >= count and attempt < attempts - 1:
                     tried.clear()
-                    time.sleep(delay)
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
                     delay = min(delay * 2, 4.0)
                 continue
             self.pool.succeeded(index)
             return result
-        if len(silent) == count:
+        if len(silent) == count or time.monotonic() >= deadline:
             raise DlkitError(
                 f"Triton server at {self.url} did not answer within {self.timeout:g} s "
                 f"({what}); it may be overloaded, or not a Triton server: check the address, "
@@ -195,11 +199,13 @@ class TritonClient:
 
     # ------------------------------------------------------------------------ server state
 
-    def is_ready(self, model: str | None = None) -> bool:
-        """Is a server (or `model` on it) ready now? Never raises, never retries."""
+    def is_ready(self, model: str | None = None, timeout: float | None = None) -> bool:
+        """Is a server (or `model` on it) ready now? Never raises, never retries; waits at
+        most `timeout` seconds (default: the client's)."""
         index = self.pool.pick()
         try:
             transport = self._transport(index)
+            transport.timeout = min(self.timeout, timeout or self.timeout)
             return transport.model_ready(model) if model else transport.server_ready()
         except Exception:
             self._reset(index)
@@ -208,7 +214,7 @@ class TritonClient:
     def wait_ready(self, model: str | None = None, timeout: float = 60.0) -> None:
         """Block until a server (or `model`) is ready; DlkitError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not self.is_ready(model):
+        while not self.is_ready(model, max(deadline - time.monotonic(), 0.001)):
             if time.monotonic() > deadline:
                 what = f"model {model!r} at {self.url}" if model else f"server at {self.url}"
                 raise DlkitError(f"Triton {what} not ready after {timeout:.0f} s")
