@@ -6,14 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from toolkit.artifacts.metadata import DataSource
-from toolkit.artifacts.onnx import write_info
 from toolkit.artifacts.torchscript import EXTRA_FILE, jit_deprecation_silenced
 from toolkit.errors import DlkitError
 from toolkit.triton.audit import check_repository
@@ -43,25 +39,10 @@ class _Leaky(_Linear):
 
 
 @pytest.fixture
-def files(tmp_path, make_info) -> dict[str, Path]:
+def files(tmp_path, make_info, make_linear_onnx) -> dict[str, Path]:
     """A tiny ONNX classifier, a TorchScript one, and a TorchScript one that leaks a file."""
     info = make_info("simplenet", 1, 16, 10, DataSource(dataset="digits"))
-    weights = np.random.default_rng(0).standard_normal((256, 10)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        ],
-        "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    paths = {"onnx": tmp_path / "m.onnx"}
-    onnx.save(model, paths["onnx"])
-    write_info(paths["onnx"], info)
+    paths = {"onnx": make_linear_onnx(tmp_path / "m.onnx", info)}
     with jit_deprecation_silenced():
         for name, module in (("ts", _Linear()), ("leaky", _Leaky(str(tmp_path / "secret")))):
             paths[name] = tmp_path / f"{name}.torchscript.pt"

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
-from toolkit.artifacts.runner import Runner, first_line
+from toolkit.artifacts.runner import Runner, check_scores, first_line
 from toolkit.choices import Device, Format
 from toolkit.devices import cuda_available
 from toolkit.errors import DlkitError
@@ -165,6 +165,7 @@ class OnnxRunner(Runner):
                 "use --device cpu"
             )
         self.input_name = self.session.get_inputs()[0].name
+        check_scores(tuple(self.session.get_outputs()[0].shape), None, self.info, str(path))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
