@@ -28,7 +28,14 @@ from toolkit.errors import DlkitError
 from toolkit.evaluate import top_k as rank
 from toolkit.triton.configs import config_info
 from toolkit.triton.endpoints import EndpointPool, parse_urls
-from toolkit.triton.protocol import Transport, error_text, open_transport, retryable, timed_out
+from toolkit.triton.protocol import (
+    Malformed,
+    Transport,
+    error_text,
+    open_transport,
+    retryable,
+    timed_out,
+)
 from toolkit.triton.shm import SharedMemory
 
 
@@ -142,11 +149,13 @@ class TritonClient:
                 transport = self._transport(index)
                 transport.timeout = max(deadline - time.monotonic(), 0.001)
                 result = fn(transport)
+            except DlkitError:
+                raise
             except Exception as exc:
                 if not retryable(exc):
                     if isinstance(exc, InferenceServerException):
                         raise self._server_error(what, exc, model) from None
-                    raise
+                    raise self._malformed(index, what, exc) from None
                 failure = f"{self.pool.endpoints[index].address}: {error_text(exc)}"
                 self.pool.failed(index)
                 self._reset(index)
@@ -172,6 +181,15 @@ class TritonClient:
             f"Triton server at {self.url} is not reachable ({what}: "
             f"{failure.splitlines()[0] if failure else 'no answer'}) after {attempts} tries; "
             "start it with `dlkit serve` or check the address"
+        )
+
+    def _malformed(self, index: int, what: str, exc: Exception) -> DlkitError:
+        """A peer that answered with what is not Triton's protocol (invalid JSON, JSON of
+        another shape), or an answer dlkit could not read."""
+        return DlkitError(
+            f"{self.pool.endpoints[index].url} answered {what} with what is not Triton's "
+            f"protocol ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            "); check that the address is a Triton server"
         )
 
     def _server_error(self, what: str, exc: InferenceServerException, model: str | None):
@@ -230,14 +248,11 @@ class TritonClient:
 
     def metadata(self, model: str) -> dict[str, Any]:
         """Triton's model metadata: `{"name", "versions", "inputs", "outputs"}`, shapes as ints."""
-        meta = self._call("metadata", lambda t: t.metadata(model), model=model)
-        for tensor in meta.get("inputs", []) + meta.get("outputs", []):
-            tensor["shape"] = [int(d) for d in tensor["shape"]]
-        return meta
+        return self._call("metadata", lambda t: t.metadata(model), model=model)
 
     def config(self, model: str):
         """The model's configuration as Triton's `model_config_pb2.ModelConfig`."""
-        return self._call("config", lambda t: t.config(model), model=model)
+        return self._call("config", lambda t: _named(t.config(model), model), model=model)
 
     def statistics(self, model: str) -> dict[str, Any]:
         """Triton's inference statistics for `model` (its statistics extension)."""
@@ -344,7 +359,8 @@ class TritonClient:
         )
         tensor.set_data_from_numpy(batch)
         requested = transport.module.InferRequestedOutput(served.output_name, **output)
-        return transport.infer(served.name, [tensor], [requested]).as_numpy(served.output_name)
+        answer = transport.infer(served.name, [tensor], [requested]).as_numpy(served.output_name)
+        return _rows(answer, batch, served)
 
     def _infer_once(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
         if self.shm is None or served.takes_images:
@@ -437,3 +453,19 @@ class TritonClient:
                 ]
             )
         return ranked
+
+
+def _rows(answer: Any, batch: np.ndarray, served: ServedModel) -> np.ndarray:
+    """An inference answer checked: an array, one row per input row when the model batches."""
+    if not isinstance(answer, np.ndarray):
+        raise Malformed(f"no output {served.output_name!r} in the answer")
+    if served.max_batch_size > 0 and (answer.ndim == 0 or len(answer) != len(batch)):
+        raise Malformed(f"{answer.shape} answered for a batch of {len(batch)}")
+    return answer
+
+
+def _named(config, model: str):
+    """A config that is `model`'s (an answer of another shape parses as an empty one)."""
+    if config.name != model:
+        raise Malformed(f"the config answered names {config.name!r}, not {model!r}")
+    return config
