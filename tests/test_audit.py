@@ -121,6 +121,23 @@ TAMPERING = {
         "native",
         "operator libraries",
     ),
+    "a warm-up that reads a file": (
+        lambda r: r.joinpath("native", "config.pbtxt").write_text(
+            r.joinpath("native", "config.pbtxt")
+            .read_text()
+            .replace("zero_data: true", 'input_data_file: "../../../../etc/hostname"')
+        ),
+        "native",
+        "warm-up reads input files",
+    ),
+    "labels that are a link": (
+        lambda r: (
+            (r / "m" / "labels.txt").unlink()
+            or (r / "m" / "labels.txt").symlink_to("/etc/hostname")
+        ),
+        "m",
+        r"m/labels\.txt is a symbolic link",
+    ),
     "a version folder that is a link": (
         lambda r: (r / "native" / "2").symlink_to(r / "native" / "1"),
         "native",

@@ -127,6 +127,8 @@ def config_problems(config: mc.ModelConfig) -> list[str]:
         problems.append("it loads operator libraries (model_operations)")
     if config.cc_model_filenames or config.model_repository_agents.agents:
         problems.append("it names other model files or repository agents")
+    if any(i.input_data_file for w in config.model_warmup for i in w.inputs.values()):
+        problems.append("its warm-up reads input files (dlkit warms up on zeros)")
     files = _version_files(config)
     if config.default_model_filename and config.default_model_filename not in files:
         problems.append(f"model file {config.default_model_filename!r}")
