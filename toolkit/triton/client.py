@@ -29,9 +29,11 @@ from toolkit.evaluate import top_k as rank
 from toolkit.triton.configs import config_info
 from toolkit.triton.endpoints import EndpointPool, parse_urls
 from toolkit.triton.protocol import (
-    Malformed,
     Transport,
+    checked_rows,
     error_text,
+    named_config,
+    not_triton,
     open_transport,
     retryable,
     timed_out,
@@ -132,11 +134,10 @@ class TritonClient:
         """`fn(transport)` on a healthy endpoint, moving on when one fails; errors become
         DlkitError with a message that says what to do.
 
-        One deadline, `timeout` seconds, bounds the whole call, retries and backoff included:
-        each try gets what is left of it (gRPC gives up connecting to a peer that accepts and
-        never speaks after ~20 s, with a retryable status, so per-try deadlines added up to
-        several timeouts). An endpoint that let its deadline pass is not asked again within
-        this call; quick failures (refused, reset, unavailable) are retried with backoff."""
+        One deadline, `timeout` s, bounds the call, retries and backoff included (gRPC gives up
+        on a peer that accepts and never speaks after ~20 s with a retryable status: per-try
+        deadlines added up). An endpoint that let it pass is not asked again; quick failures
+        (refused, reset, unavailable) are retried with backoff."""
         deadline = time.monotonic() + self.timeout
         count = len(self.pool.endpoints)
         tried: set[int] = set()
@@ -155,7 +156,7 @@ class TritonClient:
                 if not retryable(exc):
                     if isinstance(exc, InferenceServerException):
                         raise self._server_error(what, exc, model) from None
-                    raise self._malformed(index, what, exc) from None
+                    raise not_triton(self.pool.endpoints[index].url, what, exc) from None
                 failure = f"{self.pool.endpoints[index].address}: {error_text(exc)}"
                 self.pool.failed(index)
                 self._reset(index)
@@ -181,15 +182,6 @@ class TritonClient:
             f"Triton server at {self.url} is not reachable ({what}: "
             f"{failure.splitlines()[0] if failure else 'no answer'}) after {attempts} tries; "
             "start it with `dlkit serve` or check the address"
-        )
-
-    def _malformed(self, index: int, what: str, exc: Exception) -> DlkitError:
-        """A peer that answered with what is not Triton's protocol (invalid JSON, JSON of
-        another shape), or an answer dlkit could not read."""
-        return DlkitError(
-            f"{self.pool.endpoints[index].url} answered {what} with what is not Triton's "
-            f"protocol ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            "); check that the address is a Triton server"
         )
 
     def _server_error(self, what: str, exc: InferenceServerException, model: str | None):
@@ -252,7 +244,7 @@ class TritonClient:
 
     def config(self, model: str):
         """The model's configuration as Triton's `model_config_pb2.ModelConfig`."""
-        return self._call("config", lambda t: _named(t.config(model), model), model=model)
+        return self._call("config", lambda t: named_config(t.config(model), model), model=model)
 
     def statistics(self, model: str) -> dict[str, Any]:
         """Triton's inference statistics for `model` (its statistics extension)."""
@@ -360,7 +352,7 @@ class TritonClient:
         tensor.set_data_from_numpy(batch)
         requested = transport.module.InferRequestedOutput(served.output_name, **output)
         answer = transport.infer(served.name, [tensor], [requested]).as_numpy(served.output_name)
-        return _rows(answer, batch, served)
+        return checked_rows(answer, len(batch), served.max_batch_size > 0, served.output_name)
 
     def _infer_once(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
         if self.shm is None or served.takes_images:
@@ -453,19 +445,3 @@ class TritonClient:
                 ]
             )
         return ranked
-
-
-def _rows(answer: Any, batch: np.ndarray, served: ServedModel) -> np.ndarray:
-    """An inference answer checked: an array, one row per input row when the model batches."""
-    if not isinstance(answer, np.ndarray):
-        raise Malformed(f"no output {served.output_name!r} in the answer")
-    if served.max_batch_size > 0 and (answer.ndim == 0 or len(answer) != len(batch)):
-        raise Malformed(f"{answer.shape} answered for a batch of {len(batch)}")
-    return answer
-
-
-def _named(config, model: str):
-    """A config that is `model`'s (an answer of another shape parses as an empty one)."""
-    if config.name != model:
-        raise Malformed(f"the config answered names {config.name!r}, not {model!r}")
-    return config

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from toolkit.choices import Protocol
+from toolkit.errors import DlkitError
 
 # Status codes that mean "the server is not there (yet), or did not answer in time".
 RETRYABLE_STATUS = frozenset(
@@ -66,6 +67,32 @@ def checked_metadata(meta: Any) -> dict[str, Any]:
             except (TypeError, ValueError):
                 raise Malformed(f"a tensor shape of metadata {key} is not whole numbers") from None
     return meta
+
+
+def named_config(config, model: str):
+    """A config that is `model`'s (an answer of another shape parses as an empty one)."""
+    if config.name != model:
+        raise Malformed(f"the config answered names {config.name!r}, not {model!r}")
+    return config
+
+
+def checked_rows(answer: Any, rows: int, batched: bool, output: str) -> Any:
+    """An inference answer: an array, with one row per input row when the model batches."""
+    if not hasattr(answer, "shape"):
+        raise Malformed(f"no output {output!r} in the answer")
+    if batched and (len(answer.shape) == 0 or answer.shape[0] != rows):
+        raise Malformed(f"{answer.shape} answered for a batch of {rows}")
+    return answer
+
+
+def not_triton(url: str, what: str, exc: Exception) -> DlkitError:
+    """The error for a peer that answered with what is not Triton's protocol (invalid JSON,
+    JSON of another shape), or with an answer dlkit could not read."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return DlkitError(
+        f"{url} answered {what} with what is not Triton's protocol ({type(exc).__name__}: "
+        f"{text}); check that the address is a Triton server"
+    )
 
 
 def error_text(exc: BaseException) -> str:
