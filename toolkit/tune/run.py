@@ -145,9 +145,9 @@ def _candidates(config: TuneConfig) -> tuple[list[Candidate], str]:
         return candidates, name
     if not config.name:
         raise DlkitError("give the ARTIFACT(s) to tune, or --repo DIR --name MODEL")
-    check_name(config.name)
+    candidate = inputs.from_repository(config.repo, config.name)
     check_repository(config.repo, [config.name], config.trust)  # Triton will run its files
-    return [inputs.from_repository(config.repo, config.name)], config.name
+    return [candidate], config.name
 
 
 def _tuning(config: TuneConfig, candidates: list[Candidate], goal: Goal, device: str) -> Tuning:
