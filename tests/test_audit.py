@@ -180,12 +180,14 @@ def test_an_ensemble_brings_its_steps(repo):
 def test_serve_and_tune_refuse_before_anything_runs_and_tune_only_reads(
     dlkit, repo, folder_snapshot
 ):
-    _python_model(repo, "extra", f"open({str(repo.parent / 'written')!r}, 'w')\n")
+    payload = f"open({str(repo.parent / 'written')!r}, 'w')\n"
+    _python_model(repo, "extra", payload)
+    (repo / "m" / "1" / "model.py").write_text(payload)
     before = folder_snapshot(repo)
     result = dlkit("serve", "--repo", repo, "--model", "extra", expect=1)
     assert result.output.startswith("Error:") and "--trust" in result.output, result.output
-    result = dlkit("tune", "--repo", repo, "--name", "extra", "--budget-minutes", "0.1", expect=1)
-    assert "extra/1/model.py is not one of dlkit's python backends" in result.output
+    result = dlkit("tune", "--repo", repo, "--name", "m", "--budget-minutes", "0.1", expect=1)
+    assert "m/1/model.py is not one of dlkit's python backends" in result.output
     assert folder_snapshot(repo) == before
     assert not (repo.parent / "written").exists()
     assert "--trust" in dlkit("serve", "--help").output
