@@ -139,7 +139,7 @@ def test_formats_are_recognised_by_content(artifacts, tmp_path):
         (lambda d: d.update(classes=["a", "b\u2028c"]), "control characters"),
         (lambda d: d["preprocessing"].update(std=[0, 1, 1]), "std: .* positive numbers"),
         (lambda d: d["preprocessing"].update(image_size=10**6), "image_size: .* from 1 to 4096"),
-        (lambda d: d.update(format="pickle"), "format: must be one of checkpoint"),
+        (lambda d: d.update(format="pickle"), "'pickle' is not a valid Format"),
     ],
 )
 def test_malformed_metadata_is_one_clear_error(artifacts, tmp_path, edit, message):

@@ -159,11 +159,7 @@ class ArtifactInfo:
     def from_dict(cls, d: dict[str, Any]) -> ArtifactInfo:
         """Parse stored metadata, every field checked against the schema first (`schema.py`);
         DlkitError names each field that is wrong."""
-        choices = {
-            "format": tuple(Format),
-            "precision": tuple(Precision),
-            "dataset": tuple(Dataset),
-        }
+        choices = {"precision": tuple(Precision), "dataset": tuple(Dataset)}
         problems = metadata_problems(d, {k: tuple(map(str, v)) for k, v in choices.items()})
         if problems:
             raise DlkitError("; ".join(problems))

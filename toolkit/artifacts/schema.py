@@ -24,6 +24,7 @@ MAX_SEED = 2**32 - 1
 MAX_TEXT = 4096
 INPUT_DTYPES = ("float32", "float16", "bfloat16")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FORMAT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 Check = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
 
@@ -102,12 +103,14 @@ def record(value: Any, fields: dict[str, tuple[Check, bool]], where: str) -> lis
 
 def metadata_problems(data: Any, choices: dict[str, tuple]) -> list[str]:
     """What is wrong with stored ArtifactInfo `data`, one phrase per field. `choices` gives
-    the allowed values of "format", "precision" and "dataset" (from toolkit.choices)."""
+    the allowed values of "precision" and "dataset" (from toolkit.choices)."""
     top = {
         "classes": (_classes, True),
         "preprocessing": (lambda v: None, True),
         "model": (lambda v: None, True),
-        "format": (one_of(choices["format"]), False),
+        # a short name: formats are plugins, so whether this dlkit knows it is asked by
+        # whatever opens the artifact (one message there, too)
+        "format": (text(40, _FORMAT_NAME), False),
         "precision": (one_of(choices["precision"]), False),
         "input_dtype": (one_of(INPUT_DTYPES), False),
         "static_batch": (optional(whole(1, MAX_BATCH)), False),
