@@ -367,3 +367,34 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def folder_snapshot():
     return snapshot
+
+
+def _linear_onnx(path: Path, info: ArtifactInfo | None = None) -> Path:
+    """A tiny ONNX classifier made by hand (1×16×16 in, 10 scores out, no exporter run),
+    carrying `info` (default: digits metadata)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from toolkit.artifacts.onnx import write_info
+
+    weights = np.random.default_rng(0).standard_normal((256, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    write_info(path, info or _info("simplenet", 1, 16, 10, DataSource(dataset="digits")))
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_linear_onnx():
+    return _linear_onnx

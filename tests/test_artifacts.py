@@ -133,13 +133,13 @@ def test_formats_are_recognised_by_content(artifacts, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.pop("classes"), "missing 'classes'"),
+        (lambda d: d.pop("classes"), "classes: missing"),
         (lambda d: d.update(classes=["a"]), "at least two classes"),
         (lambda d: d.update(classes=["a", "b\nc"]), "control characters"),
         (lambda d: d.update(classes=["a", "b\u2028c"]), "control characters"),
-        (lambda d: d["preprocessing"].update(std=[0, 1, 1]), "std positive"),
-        (lambda d: d["preprocessing"].update(image_size=10**6), "image size"),
-        (lambda d: d.update(format="pickle"), "malformed"),
+        (lambda d: d["preprocessing"].update(std=[0, 1, 1]), "std: .* positive numbers"),
+        (lambda d: d["preprocessing"].update(image_size=10**6), "image_size: .* from 1 to 4096"),
+        (lambda d: d.update(format="pickle"), "format 'pickle' is none dlkit knows"),
     ],
 )
 def test_malformed_metadata_is_one_clear_error(artifacts, tmp_path, edit, message):

@@ -5,6 +5,8 @@ and the commands that use it (`predict --url`, `eval grpc://`, `bench --url`).""
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import socket
 import sys
 import threading
@@ -19,6 +21,7 @@ from toolkit.data import preprocess_images
 from toolkit.errors import DlkitError
 from toolkit.triton.client import ImagesFailed, TritonClient
 from toolkit.triton.server import TritonServer, free_port
+from toolkit.triton.statistics import snapshot
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the pip-installed tritonserver is Linux-only"
@@ -236,8 +239,10 @@ def test_urls_name_a_model_and_optionally_one_version():
 
 class Peer:
     """A TCP peer on loopback that accepts connections and then never answers (`silent`),
-    reads the request and hangs up (`hang_up`, as a server does that stops mid-request), or
-    answers HTTP headers and then the body one byte a second (`drip`)."""
+    reads the request and hangs up (`hang_up`, as a server does that stops mid-request),
+    says nothing for 2 s and then hangs up (`stall`: what gRPC makes of a silent peer, at a
+    smaller scale: it gives up connecting after ~20 s with a retryable status), or answers
+    HTTP headers and then the body one byte a second (`drip`)."""
 
     def __init__(self, mode: str = "silent"):
         self.mode = mode
@@ -258,6 +263,10 @@ class Peer:
                 threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        if self.mode == "stall":
+            self.closed.wait(2.0)
+            conn.close()
+            return
         with contextlib.suppress(OSError):
             conn.settimeout(2)
             conn.recv(65536)
@@ -285,6 +294,20 @@ def test_a_peer_that_never_finishes_costs_one_deadline(protocol, mode):
         with pytest.raises(DlkitError, match="did not answer within 3 s"):
             client.infer("m", np.zeros((1, 3), np.float32))
         assert time.monotonic() - start < 10
+    finally:
+        peer.close()
+
+
+def test_one_deadline_bounds_a_call_and_its_retries():
+    """Each gRPC try at a stalling peer fails after 2 s with a retryable status: four tries
+    and their backoff took 9.8 s against a 4 s timeout; they now share the one deadline."""
+    peer = Peer("stall")
+    try:
+        start = time.monotonic()
+        client = TritonClient(f"grpc://127.0.0.1:{peer.port}", timeout=4, retries=3)
+        with pytest.raises(DlkitError, match="did not answer within 4 s"):
+            client.metadata("m")
+        assert time.monotonic() - start < 7
     finally:
         peer.close()
 
@@ -418,3 +441,84 @@ def test_client_retries_survive_a_server_restart(served, triton_timeout):
     finally:
         starter.join()
         client.close()
+
+
+class Nonsense:
+    """An HTTP peer that answers every request 200 OK with `body` (not Triton's protocol)."""
+
+    def __init__(self, body: bytes):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+NONSENSE = {
+    "invalid JSON": b"{not json",
+    "HTML": b"<html>busy</html>",
+    "a number": b"5",
+    "null": b"null",
+    "a list": b"[]",
+    "another object": b'{"x": 1}',
+    "wrong tensor fields": json.dumps(
+        {"name": 5, "inputs": [{"name": 1, "datatype": "FP32", "shape": ["a"]}], "outputs": 7}
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("body", list(NONSENSE))
+def test_a_peer_answering_nonsense_is_a_dlkit_error_from_every_method(body):
+    peer = Nonsense(NONSENSE[body])
+    client = TritonClient(peer.url, timeout=5, retries=0)
+    calls = {
+        "metadata": lambda: client.metadata("m"),
+        "config": lambda: client.config("m"),
+        "statistics": lambda: snapshot(client.statistics("m"), "m"),
+        "infer": lambda: client.infer("m", np.zeros((1, 1, 16, 16), np.float32)),
+        "classify": lambda: client.classify("m", np.zeros((1, 1, 16, 16), np.float32)),
+    }
+    if body != "a list":  # [] is a valid (empty) repository index
+        calls["models"] = client.models
+    try:
+        for name, call in calls.items():
+            with pytest.raises(DlkitError):
+                call()
+                pytest.fail(f"{name} accepted {body}")
+    finally:
+        client.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("body", ["invalid JSON", "another object"])
+def test_predict_eval_and_bench_against_nonsense_end_in_one_error_line(dlkit, digit_images, body):
+    peer = Nonsense(NONSENSE[body])
+    try:
+        for command in (
+            ["predict", "--url", peer.url, "--model", "m", digit_images[0]],
+            ["eval", f"{peer.url}/m"],
+            ["bench", "--url", peer.url, "--model", "m", "--duration", "0.5", "--concurrency", "1",
+             "--batch-sizes", "1"],
+        ):  # fmt: skip
+            result = dlkit(*command, expect=1)
+            last = result.output.strip().splitlines()[-1]
+            assert last.startswith("Error:") and "Triton" in last, (command, result.output)
+    finally:
+        peer.close()

@@ -470,21 +470,18 @@ class _Slow(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
-def test_torchscript_whose_forward_does_not_finish_is_refused_in_time(
-    tmp_path, make_info, monkeypatch
-):
-    import toolkit.artifacts.torchscript as torchscript
+def test_torchscript_whose_forward_does_not_finish_is_refused_in_time(tmp_path, make_info):
+    from toolkit.artifacts.isolated import timeout_scope
 
     info = make_info("simplenet", 1, 16, 10, DataSource(dataset="digits"))
     path = tmp_path / "slow.torchscript.pt"
     with jit_deprecation_silenced():
-        module = torch.jit.script(_Slow(steps=200_000))  # about 2 s here
+        module = torch.jit.script(_Slow(steps=10**15))  # only allowed operators, for ever
         torch.jit.save(module, str(path), _extra_files={EXTRA_FILE: info.to_json()})
-    monkeypatch.setattr(torchscript, "FORWARD_CHECK_SECONDS", 0.5)
     started = time.perf_counter()
-    with pytest.raises(DlkitError, match=r"did not answer a batch of zeros within 0.5 s"):
+    with timeout_scope(5), pytest.raises(DlkitError, match=r"did not finish within 5 s"):
         package_artifact(path, tmp_path / "repo", "m")
-    assert time.perf_counter() - started < 30  # the loop runs on; package does not wait
+    assert time.perf_counter() - started < 60  # the child running it was stopped
     assert not (tmp_path / "repo" / "m").exists()
 
 

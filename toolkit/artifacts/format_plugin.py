@@ -144,6 +144,14 @@ class TritonNative:
     backend: str = ""
     server_backend: str = ""
     model_file: str = ""
+    companions: tuple[str, ...] = ()  # other files of a version folder (OpenVINO's model.bin)
+    # Every config parameter dlkit writes for this format (native backend and python-backend
+    # runner alike): a repository holding others was not written by dlkit.
+    parameters: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.model_file, *self.companions)
 
 
 class FormatPlugin:
@@ -209,6 +217,11 @@ class FormatPlugin:
         """The input and output as Triton declares them (`native`: for the NGC backend,
         whose naming conventions may differ from the python backend's)."""
         raise DlkitError(f"{self.name} artifacts are not served by Triton")
+
+    def audit(self, path: Path) -> str:
+        """What is wrong with this format's model file found in a repository dlkit is asked
+        to serve ("" if nothing): TorchScript files, which are programs, are code-checked."""
+        return ""
 
     def check_before_serving(self, path: Path, info: ArtifactInfo, trust: bool) -> None:
         """Raise DlkitError if Triton should not be given this artifact (a check beyond its

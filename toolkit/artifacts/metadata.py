@@ -14,13 +14,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.choices import Format, Precision, plain
+from toolkit.artifacts.schema import MAX_CLASS_NAME, MAX_IMAGE_SIZE, metadata_problems
+from toolkit.choices import Dataset, Format, Precision, plain
 from toolkit.errors import DlkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_IMAGE_SIZE = 4096
-MAX_CLASS_NAME = 200
 
 
 @dataclass(frozen=True)
@@ -158,8 +157,12 @@ class ArtifactInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArtifactInfo:
-        """Parse stored metadata; KeyError/TypeError/ValueError mean it is malformed (see
-        `parse_info`, which turns them into a message)."""
+        """Parse stored metadata, every field checked against the schema first (`schema.py`);
+        DlkitError names each field that is wrong."""
+        choices = {"precision": tuple(Precision), "dataset": tuple(Dataset)}
+        problems = metadata_problems(d, {k: tuple(map(str, v)) for k, v in choices.items()})
+        if problems:
+            raise DlkitError("; ".join(problems))
         model = d["model"]
         static = d.get("static_batch")
         return cls(
@@ -200,7 +203,10 @@ def parse_info(text: str | bytes | dict | None, path: str | os.PathLike) -> Arti
             raise TypeError("not a JSON object")
         return ArtifactInfo.from_dict(data)
     except DlkitError as exc:
-        raise DlkitError(f"{path}: bad dlkit metadata: {exc}") from None
+        raise DlkitError(
+            f"{path} has dlkit metadata that is not what dlkit writes ({exc}); re-export it "
+            "from its checkpoint with `dlkit export`"
+        ) from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)[:200]
         raise DlkitError(

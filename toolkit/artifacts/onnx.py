@@ -20,7 +20,7 @@ from toolkit.artifacts.format_plugin import (
     TritonNative,
 )
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
-from toolkit.artifacts.runner import Runner, first_line
+from toolkit.artifacts.runner import Runner, check_scores, first_line
 from toolkit.choices import Device, Format, Precision, QuantizeMode
 from toolkit.errors import DlkitError
 
@@ -199,6 +199,7 @@ class OnnxRunner(Runner):
                 "use --device cpu"
             )
         self.input_name = self.session.get_inputs()[0].name
+        check_scores(tuple(self.session.get_outputs()[0].shape), None, self.info, str(path))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import numpy as np
@@ -320,7 +321,10 @@ class OnnxPlugin(FormatPlugin):
     devices = (Device.CPU, Device.CUDA)
     exportable = True
     triton = TritonNative(
-        platform="onnxruntime_onnx", server_backend="onnxruntime", model_file="model.onnx"
+        platform="onnxruntime_onnx",
+        server_backend="onnxruntime",
+        model_file="model.onnx",
+        parameters=("intra_op_thread_count", "inter_op_thread_count"),
     )
     accelerators = ("openvino",)  # the onnxruntime backend's OpenVINO execution provider
     stub_runner = staticmethod(_stub_runner)

@@ -181,7 +181,21 @@ class OpenVinoPlugin(FormatPlugin):
     name = "openvino"
     suffix = ".openvino.xml"
     exportable = True
-    triton = TritonNative(backend="openvino", server_backend="openvino", model_file="model.xml")
+    triton = TritonNative(
+        backend="openvino",
+        server_backend="openvino",
+        model_file="model.xml",
+        companions=("model.bin",),
+        parameters=(
+            "PERFORMANCE_HINT",
+            "NUM_STREAMS",
+            "INFERENCE_NUM_THREADS",
+            "HINT_BF16",
+            "inference_precision",
+            "intra_op_thread_count",
+            "inter_op_thread_count",
+        ),
+    )
     stub_runner = staticmethod(_stub_runner)
 
     def sniff(self, path: Path, head: bytes) -> bool:
@@ -236,7 +250,7 @@ class OpenVinoPlugin(FormatPlugin):
         )
 
     def triton_files(self, path: str | os.PathLike) -> dict[str, Path]:
-        return {"model.xml": Path(path), "model.bin": weights_path(path)}
+        return dict(zip(self.triton.files, self.files(path), strict=True))
 
     def io_tensors(self, path, info: ArtifactInfo, native: bool) -> tuple[Tensor, Tensor]:
         from toolkit.artifacts.onnx import batchless

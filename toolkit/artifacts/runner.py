@@ -25,7 +25,9 @@ class Runner:
         import numpy as np
 
         self.check_input(batch)
-        return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+        logits = self.run(np.ascontiguousarray(batch, dtype=np.float32))
+        check_scores(getattr(logits, "shape", None), len(batch), self.info, self.name)
+        return logits
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -61,6 +63,22 @@ def check_batch(batch: np.ndarray, info: ArtifactInfo, who: str) -> None:
     # One reduction instead of an element-wise test: NaN and ±inf survive a sum.
     if not np.isfinite(batch.sum(dtype=np.float64)):
         raise DlkitError(f"{who} got NaN or infinite values in its input; check the preprocessing")
+
+
+def check_scores(shape, rows: int | None, info: ArtifactInfo, who: str) -> None:
+    """A model must answer one score per class name for each image: more scores than names
+    would label answers with the wrong names (or fail deep in a report). `shape` is the
+    output's (`rows` None, or a dimension None or symbolic: not known yet)."""
+    known = isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[1], int)
+    if known and shape[1] == info.num_classes and rows in (None, shape[0]):
+        return
+    if not known and rows is None and isinstance(shape, tuple) and len(shape) == 2:
+        return  # a symbolic class dimension: checked on the first batch
+    raise DlkitError(
+        f"{who} answers {shape if shape is not None else 'no array'} for "
+        f"{f'a batch of {rows}' if rows is not None else 'a batch'}, but its metadata lists "
+        f"{info.num_classes} classes; re-export it with `dlkit export`"
+    )
 
 
 def set_torch_threads(threads: int | None) -> None:

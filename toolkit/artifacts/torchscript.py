@@ -3,16 +3,16 @@
 A TorchScript file is a program: `torch.jit.load` runs its `__setstate__` and its `forward`
 can call any operator, file-touching ones (`torch.from_file`, `torch.save`) included. dlkit
 reads metadata straight from the zip archive without loading anything, and before it loads a
-file it reads the archive's code (stored as text) and refuses any operator outside what an
-image classifier needs, unless the caller passes `trust=True` (`--trust`).
+file it reads the file's bytes once, checks them as torch will read them (`ts_archive`: the
+code read as code, every reference resolved, refused outside `ALLOWED_OPERATORS`; no
+flatbuffers), and loads those same bytes, unless the caller passes `trust=True` (`--trust`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import re
-import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -28,16 +28,15 @@ from toolkit.artifacts.format_plugin import (
 )
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, first_line, set_torch_threads
+from toolkit.artifacts.ts_archive import archive_findings, read_records
 from toolkit.choices import Device, Format
 from toolkit.errors import DlkitError
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 EXTRA_FILE = "dlkit.json"  # the metadata, in the archive's extra/ folder
 MAX_CODE_BYTES = 64 * 1024 * 1024
-FORWARD_CHECK_SECONDS = 60.0  # for one batch of zeros; an image classifier takes well under 1 s
 
 # Operators an exported image classifier calls (convolutions, norms, activations, pooling,
 # attention, linear layers, shape and arithmetic helpers, the checks scripting inserts), as
@@ -59,10 +58,9 @@ ALLOWED_OPERATORS = frozenset(
     ListConstruct ListUnpack dtype device unchecked_cast annotate uninitialized isinstance
     RaiseException __not__ _native_multi_head_attention all any is_autocast_enabled
     is_grad_enabled is_nested requires_grad scaled_dot_product_attention type unflatten
-    floor_divide
+    floor_divide __and__ __or__
     """.split()  # noqa: SIM905 (a word list reads better than a 150-line tuple)
 )
-_CALL = re.compile(r"\b(?:torch|ops\.\w+)\.(\w+)\s*\(")
 
 
 @contextlib.contextmanager
@@ -92,38 +90,50 @@ def read_info(path: str | os.PathLike) -> ArtifactInfo:
     return parse_info(next(iter(texts.values()), None), path)
 
 
-def unsafe_operators(path: str | os.PathLike) -> list[str]:
-    """Operators the archive's code calls that are not on the classifier allowlist."""
-    found: set[str] = set()
-    for text in _archive_text(Path(path), ".py").values():
-        found.update(_CALL.findall(text))
-    return sorted(found - ALLOWED_OPERATORS)
+def read_checked(path: str | os.PathLike, trust: bool = False) -> bytes:
+    """The file's bytes after the code check (unless `trust`): load these, never the path
+    again, so that what was checked is what runs."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DlkitError(f"cannot read {path}: {exc.strerror}") from exc
+    if not trust:
+        check_bytes(data, path)
+    return data
+
+
+def check_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Refuse a TorchScript file whose code or pickles reach anything outside what an image
+    classifier needs (see `ts_archive`: the code is read as code, nothing is run)."""
+    try:
+        findings = archive_findings(read_records(data), ALLOWED_OPERATORS)
+    except DlkitError as exc:
+        raise DlkitError(f"{path} {exc}") from None
+    if findings:
+        raise DlkitError(
+            f"{path} calls or builds what an image classifier does not need "
+            f"({'; '.join(findings[:5])}{' …' if len(findings) > 5 else ''}); a TorchScript "
+            "file is a program and could read or write files. Load it only if you trust where "
+            "it came from (--trust)."
+        )
 
 
 def check_code(path: str | os.PathLike, trust: bool = False) -> None:
-    """Refuse a TorchScript file whose code calls operators a classifier does not need."""
-    if trust:
-        return
-    unsafe = unsafe_operators(path)
-    if unsafe:
-        raise DlkitError(
-            f"{path} calls operators an image classifier does not need ({', '.join(unsafe[:5])}"
-            f"{' …' if len(unsafe) > 5 else ''}); a TorchScript file is a program and could "
-            "read or write files. Load it only if you trust where it came from (--trust)."
-        )
+    """Refuse a TorchScript file whose code reaches anything a classifier does not need."""
+    read_checked(path, trust)
 
 
 def load_torchscript(
     path: str | os.PathLike, map_location: str = "cpu", trust: bool = False
 ) -> tuple[Any, ArtifactInfo]:
-    """A TorchScript module and its dlkit metadata, after the code check."""
+    """A TorchScript module and its dlkit metadata, loaded from the bytes the check read."""
     import torch
 
     info = read_info(path)
-    check_code(path, trust)
+    data = read_checked(path, trust)
     try:
         with jit_deprecation_silenced():
-            module = torch.jit.load(str(path), map_location=map_location)
+            module = torch.jit.load(io.BytesIO(data), map_location=map_location)
     except Exception as exc:
         raise DlkitError(f"{path} is not a readable TorchScript file: {exc}") from exc
     return module, info
@@ -181,31 +191,16 @@ class TorchScriptRunner(Runner):
 
 
 def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
-    """TorchScript declares no output shape, so a Triton config comes from the metadata: run
-    the file (after its code check, unless `trust`) on zeros, as Triton's warm-up will, and
-    check that it answers one score per class within `FORWARD_CHECK_SECONDS`."""
-    import torch
+    """TorchScript declares no output shape, so a Triton config comes from the metadata: load
+    the file and run it on zeros, as Triton's warm-up will (after its code check, unless
+    `trust`), in a child process under the model timeout, and check that it answers one score
+    per class."""
+    from toolkit.artifacts.isolated import run_isolated
 
-    module, _ = load_torchscript(path, trust=trust)
     batch = info.static_batch or 1
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
-        info.input_dtype, torch.float32
+    shape = run_isolated(
+        _zeros_answer, str(path), trust, what=str(path), doing="loading it and a batch of zeros"
     )
-    zeros = torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype)
-    try:
-        out = _within(FORWARD_CHECK_SECONDS, lambda: _infer(module, zeros))
-    except TimeoutError:
-        raise DlkitError(
-            f"{path} did not answer a batch of zeros within {FORWARD_CHECK_SECONDS:g} s (a "
-            "forward that never ends would hang Triton's warm-up too); nothing was written"
-        ) from None
-    except Exception as exc:
-        raise DlkitError(
-            f"{path} fails on a batch of zeros shaped as its metadata says "
-            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
-            f"{first_line(exc)}"
-        ) from None
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != (batch, info.num_classes):
         raise DlkitError(
             f"{path} answers {shape} for a batch of {batch}, but its metadata lists "
@@ -213,32 +208,27 @@ def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
         )
 
 
-def _infer(module, batch: torch.Tensor) -> torch.Tensor:
+def _zeros_answer(path: str, trust: bool) -> tuple[int, ...] | str:
+    """The shape of what the file answers to zeros shaped and typed as its metadata says (the
+    type's name when it is no tensor); run in the child of `check_forward`."""
     import torch
 
-    with torch.inference_mode():  # per thread: set where the forward runs
-        return module(batch)
-
-
-def _within(seconds: float, call):
-    """`call()`'s result, run on a daemon thread given `seconds` to finish; TimeoutError when
-    it has not (the thread is left to the process's exit: a Python thread cannot be killed)."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = call()
-        except BaseException as exc:  # handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, name="dlkit-forward-check", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+    module, info = load_torchscript(path, trust=trust)
+    batch = info.static_batch or 1
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+        info.input_dtype, torch.float32
+    )
+    zeros = torch.zeros((batch, *info.preprocessing.input_shape), dtype=dtype)
+    try:
+        with torch.inference_mode():
+            out = module(zeros)
+    except Exception as exc:
+        raise DlkitError(
+            f"{path} fails on a batch of zeros shaped as its metadata says "
+            f"({batch}, {', '.join(map(str, info.preprocessing.input_shape))}): "
+            f"{first_line(exc)}"
+        ) from None
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
 
 
 # ------------------------------------------------------------------------- plugin, Triton
@@ -281,7 +271,16 @@ class TorchScriptPlugin(FormatPlugin):
     devices = (Device.CPU, Device.CUDA)
     exportable = True
     triton = TritonNative(
-        platform="pytorch_libtorch", server_backend="pytorch", model_file="model.pt"
+        platform="pytorch_libtorch",
+        server_backend="pytorch",
+        model_file="model.pt",
+        parameters=(
+            "INFERENCE_MODE",
+            "INTRA_OP_THREAD_COUNT",
+            "INTER_OP_THREAD_COUNT",
+            "intra_op_thread_count",
+            "inter_op_thread_count",
+        ),
     )
     stub_runner = staticmethod(_stub_runner)
 
@@ -298,6 +297,13 @@ class TorchScriptPlugin(FormatPlugin):
 
     def check_before_serving(self, path: Path, info: ArtifactInfo, trust: bool) -> None:
         check_forward(path, info, trust)  # Triton will run this file
+
+    def audit(self, path: Path) -> str:
+        try:
+            check_bytes(path.read_bytes(), path)
+        except DlkitError as exc:
+            return str(exc).split("; a TorchScript file is a program")[0]
+        return ""
 
     def variants(self) -> tuple[FileVariant, ...]:
         return (

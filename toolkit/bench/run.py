@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.artifacts import detect_format, open_runner, read_info
+from toolkit.artifacts import detect_format, read_info
 from toolkit.artifacts.checkpoint import EagerRunner
+from toolkit.artifacts.isolated import IsolatedRunner, open_model
 from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
 from toolkit.artifacts.runner import Runner, first_line
 from toolkit.artifacts.torchscript import TorchScriptRunner
@@ -177,13 +178,15 @@ def _prepare(
             logits = np.asarray(runner(batch))  # compiles, and proves it takes this batch
             if logits.shape[0] != batch_size:
                 raise VariantSkipped(f"returned {logits.shape[0]} rows for a batch of {batch_size}")
+            warm_up(_end_to_end_step(runner, batch, device), config)
         except VariantSkipped:
             raise
         except DlkitError as exc:
             raise VariantSkipped(str(exc)) from exc
         except Exception as exc:  # one broken variant must not end a sweep; say why it failed
             raise VariantSkipped(f"failed: {type(exc).__name__}: {first_line(exc)}") from exc
-        warm_up(_end_to_end_step(runner, batch, device), config)
+    if isinstance(runner, IsolatedRunner):  # its memory is in its own process
+        return runner, batch, runner.peak_bytes()
     return runner, batch, peak.bytes
 
 
@@ -273,7 +276,7 @@ def plan_jobs(
             else:
                 read_info(path)
                 jobs.append(
-                    Job(path.name, lambda b, p=path: open_runner(p, device, threads=threads))
+                    Job(path.name, lambda b, p=path: open_model(p, device, threads=threads))
                 )
         except DlkitError as exc:
             jobs.append(Job(path.name, error=f"cannot load: {exc}"))
@@ -307,6 +310,8 @@ def _random_batch(info: ArtifactInfo, batch_size: int) -> np.ndarray:
 
 
 def _end_to_end_step(runner: Runner, batch: np.ndarray, device: str):
+    if isinstance(runner, IsolatedRunner):  # a file from outside: timed in its own process
+        return runner.timed_step(batch, synchronize=device == Device.CUDA)
     synchronize = torch.cuda.synchronize if device == Device.CUDA else None
     return wall_clock_step(runner, batch, synchronize=synchronize)
 

@@ -7,6 +7,7 @@ import click
 from toolkit.commands.output import (
     finite,
     json_option,
+    model_timeout_option,
     positive_ints,
     print_json,
     target_device_option,
@@ -117,6 +118,7 @@ from toolkit.variants.registry import default_variants, variants
     callback=finite(0, above=True),
     help="With --url: seconds per concurrency level.",
 )
+@model_timeout_option
 @json_option
 @click.option(
     "--report",

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from toolkit.choices import Dataset, Device, Split
-from toolkit.commands.output import choice, json_option, print_json, trust_option
+from toolkit.commands.output import (
+    choice,
+    json_option,
+    model_timeout_option,
+    print_json,
+    trust_option,
+)
 
 
 @click.command()
@@ -24,6 +30,7 @@ from toolkit.commands.output import choice, json_option, print_json, trust_optio
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True)
 @click.option("--device", type=choice(Device), default="cpu", show_default=True)
 @trust_option
+@model_timeout_option
 @json_option
 def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_json) -> None:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on labelled images.
@@ -33,11 +40,11 @@ def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_jso
     import dataclasses
     from pathlib import Path
 
-    from toolkit.artifacts import open_runner
+    from toolkit.artifacts.isolated import open_model
     from toolkit.data import load_split
     from toolkit.evaluate import evaluate as run_evaluation
 
-    runner = open_runner(model_path, device=device, trust=trust)
+    runner = open_model(model_path, device=device, trust=trust)
     source = runner.info.source
     if data or dataset:
         own = source.data and data and Path(source.data).resolve() == Path(data).resolve()

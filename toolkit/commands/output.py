@@ -97,9 +97,36 @@ threads_option = click.option(
     type=click.IntRange(1, 1024),
     help="Intra-op threads for torch and ONNX Runtime alike (default: half the usable cores).",
 )
+repository_trust_option = click.option(
+    "--trust",
+    is_flag=True,
+    help="Serve models that hold what `dlkit package` does not write (other model.py files, "
+    "TorchScript outside the classifier allowlist, configs that load libraries, extra files). "
+    "Triton runs them with your privileges: only for repositories whose author you trust.",
+)
 trust_option = click.option(
     "--trust",
     is_flag=True,
     help="Load TorchScript files whose code calls operators outside dlkit's classifier "
     "allowlist. A TorchScript file is a program: trust only files whose origin you trust.",
+)
+
+
+def _model_timeout_scope(ctx: click.Context, param: click.Parameter, value: float | None):
+    """Sets the model timeout for the whole command (`toolkit.artifacts.isolated`)."""
+    if value is not None:
+        from toolkit.artifacts.isolated import timeout_scope
+
+        ctx.with_resource(timeout_scope(value))
+    return value
+
+
+model_timeout_option = click.option(
+    "--model-timeout",
+    type=click.FloatRange(0, 86_400, min_open=True),
+    expose_value=False,
+    callback=_model_timeout_scope,
+    help="Seconds one step of running a model file from outside may take (loading it, one "
+    "batch, quantizing it): files run in a child process that is stopped after this "
+    "[default: $DLKIT_MODEL_TIMEOUT, else 120].",
 )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from toolkit.choices import Accelerator, Backend, InstanceKind
-from toolkit.commands.output import choice, json_option, print_json, repo_option, trust_option
+from toolkit.commands.output import (
+    choice,
+    json_option,
+    model_timeout_option,
+    print_json,
+    repo_option,
+    trust_option,
+)
 from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
 
 
@@ -81,6 +88,7 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
     "every version of it).",
 )
 @trust_option
+@model_timeout_option
 @json_option
 def package(
     artifacts,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from toolkit.choices import Device, Protocol
-from toolkit.commands.output import choice, finite, json_option, print_json, trust_option
+from toolkit.commands.output import (
+    choice,
+    finite,
+    json_option,
+    model_timeout_option,
+    print_json,
+    trust_option,
+)
 
 
 @click.command()
@@ -46,6 +53,7 @@ from toolkit.commands.output import choice, finite, json_option, print_json, tru
     help="With --url: seconds each request may take before the server counts as not answering.",
 )
 @trust_option
+@model_timeout_option
 @json_option
 def predict(
     paths, top_k, device, grid, mistakes_only, urls, served_model, protocol, timeout, trust, as_json
@@ -102,11 +110,11 @@ def predict(
 
 
 def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
-    from toolkit.artifacts import open_runner
+    from toolkit.artifacts.isolated import open_model
     from toolkit.data import preprocess_images
     from toolkit.evaluate import top_k as rank_classes
 
-    runner = open_runner(model_path, device=device, trust=trust)
+    runner = open_model(model_path, device=device, trust=trust)
     pre = runner.info.preprocessing
     logits = runner(preprocess_images(images, pre))
     classes = runner.info.classes

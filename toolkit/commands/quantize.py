@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from toolkit.choices import CalibrationMethod, Dataset, QuantizeMode
-from toolkit.commands.output import choice, json_option, max_accuracy_drop_option, print_json
+from toolkit.commands.output import (
+    choice,
+    json_option,
+    max_accuracy_drop_option,
+    model_timeout_option,
+    print_json,
+)
 
 
 @click.command()
@@ -45,6 +51,7 @@ from toolkit.commands.output import choice, json_option, max_accuracy_drop_optio
     help="Output file (default: <artifact>.<mode>.onnx beside it).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@model_timeout_option
 @json_option
 @click.pass_context
 def quantize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import finite, repo_option
+from toolkit.commands.output import finite, repo_option, repository_trust_option
 
 
 @click.command()
@@ -41,8 +41,9 @@ from toolkit.commands.output import finite, repo_option
     help="On Ctrl-C or SIGTERM: seconds that requests in flight (and open connections) get "
     "before the server stops anyway.",
 )
+@repository_trust_option
 def serve(
-    repo, host, grpc_port, http_port, metrics_port, models, log_file, timeout, drain_timeout
+    repo, host, grpc_port, http_port, metrics_port, models, log_file, timeout, drain_timeout, trust
 ) -> None:
     """Run Triton Inference Server on a model repository until Ctrl-C or SIGTERM.
 
@@ -52,8 +53,14 @@ def serve(
     half-written version folder, an ensemble missing a step), are named and skipped; the rest
     are served. Port 0 picks a free port (the one chosen is printed). The server stops when
     dlkit does, even by kill -9; a server left behind by an older dlkit is stopped first.
+
+    Triton runs python-backend model.py files and TorchScript with your privileges, so a
+    model that holds anything `dlkit package` does not write (another model.py, TorchScript
+    outside the classifier allowlist, a config that loads libraries, extra files) is refused
+    unless you pass --trust.
     """
     from toolkit.errors import DlkitError
+    from toolkit.triton.audit import check_repository
     from toolkit.triton.server import TritonServer, serve_until_signal
     from toolkit.triton.versions import served_text
 
@@ -68,6 +75,7 @@ def serve(
         stream_log=log_file is None,
         exit_timeout=drain_timeout,
     )
+    check_repository(repo, server.plan.load, trust)
     where = "PATH" if not server.binary.bundled else "the nvidia-pytriton wheel"
     click.echo(f"tritonserver: {server.binary.path} (from {where})")
     for name, why in server.plan.skipped.items():

@@ -12,9 +12,11 @@ from toolkit.commands.output import (
     finite,
     json_option,
     max_accuracy_drop_option,
+    model_timeout_option,
     positive_ints,
     print_json,
     repo_option,
+    repository_trust_option,
 )
 
 
@@ -74,6 +76,8 @@ from toolkit.commands.output import (
     type=click.Path(file_okay=False),
     help="Folder for tune.md, tune.json and tune.png (default runs/tune-<time>).",
 )
+@repository_trust_option
+@model_timeout_option
 @json_option
 def tune(
     artifacts,
@@ -89,6 +93,7 @@ def tune(
     shared_memory,
     dry_run,
     report_dir,
+    trust,
     as_json,
 ) -> None:
     """Choose how Triton serves a model by measuring the real server under load, then write
@@ -104,7 +109,8 @@ def tune(
     intra-op threads 0 (the runtime decides), 1, 2, ... up to the cores; instances 1, 2, 4;
     max batch size 8-64; preferred batch sizes; inter-op threads 1, 2; and on CUDA the instance
     kind. The winner's accuracy is checked through the endpoint on the whole validation split
-    before anything is written.
+    before anything is written. --repo is only read until then; a model there that holds
+    anything `dlkit package` does not write (which Triton would run) is refused unless --trust.
     """
     from toolkit.tune.run import TuneConfig
     from toolkit.tune.run import tune as run_tune
@@ -123,6 +129,7 @@ def tune(
         window_seconds=window_seconds,
         shared_memory=shared_memory,
         dry_run=dry_run,
+        trust=trust,
     )
     report = run_tune(config)
     if as_json:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.artifacts import detect_format
+from toolkit.artifacts.checkpoint import load_checkpoint
 from toolkit.bench.environment import default_threads
 from toolkit.choices import Device, Format, Objective, plain
 from toolkit.deploy import stages
@@ -151,6 +152,7 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
         checkpoint = Path(config.checkpoint)
         if detect_format(checkpoint) != Format.CHECKPOINT:
             raise DlkitError(f"{checkpoint} is not a dlkit checkpoint; deploy starts from one")
+        load_checkpoint(checkpoint)  # its metadata and weights checked before any stage
     else:
         with timer("train"):
             checkpoint, learned = _train(config, run_dir)

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from toolkit.artifacts import open_runner, plugin
-from toolkit.artifacts.checkpoint import read_checkpoint_file
+from toolkit.artifacts.checkpoint import load_checkpoint
 from toolkit.bench.harness import MeasureConfig
 from toolkit.bench.run import Job, benchmark_jobs
 from toolkit.choices import Format
@@ -104,7 +104,7 @@ def weights_bytes(path: str | os.PathLike, fmt: str) -> int:
     or the whole file for exported formats (they hold little besides the weights)."""
     if fmt != Format.CHECKPOINT:
         return sum(f.stat().st_size for f in plugin(fmt).files(path))
-    state = read_checkpoint_file(path)["model_state"]
+    state = load_checkpoint(path).state["model_state"]  # checked: a dict of weights
     return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
 
 

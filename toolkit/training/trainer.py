@@ -89,6 +89,11 @@ class EarlyStopping:
         self.bad_epochs = state["bad_epochs"]
 
 
+# What a resumable checkpoint holds (see Trainer.state_dict), and the type of each.
+_STATE_DICTS = ("model_state", "optimizer_state", "scaler_state", "early_stopping", "rng")
+RESUME_STATE = dict.fromkeys(_STATE_DICTS, dict) | {"epoch": int, "history": list}
+
+
 class Progress:
     """Progress through one epoch on stderr: a tqdm bar on a terminal; otherwise (a CI log, a
     file) a log line every PROGRESS_LOG_SECONDS, so long epochs are not silent."""
@@ -335,6 +340,23 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (a checkpoint read from outside): checked before use, and
+        whatever torch still refuses in it is one DlkitError."""
+        wrong = [k for k, kind in RESUME_STATE.items() if not isinstance(state.get(k), kind)]
+        if wrong:
+            raise DlkitError(
+                f"the checkpoint's training state lacks or garbles {', '.join(wrong)}, so it "
+                "cannot be resumed; train afresh from its weights with --weights"
+            )
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise DlkitError(
+                f"the checkpoint's training state is damaged ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it cannot be resumed"
+            ) from None
+
+    def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         if self.schedule is not None and state.get("scheduler_state") is not None:

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,44 +27,19 @@ from toolkit.errors import DlkitError
 from toolkit.evaluate import top_k as rank
 from toolkit.triton.configs import config_info
 from toolkit.triton.endpoints import EndpointPool, parse_urls, split_model
-from toolkit.triton.protocol import Transport, error_text, open_transport, retryable, timed_out
+from toolkit.triton.protocol import (
+    Transport,
+    checked_rows,
+    error_text,
+    named_config,
+    not_triton,
+    open_transport,
+    retryable,
+    timed_out,
+)
+from toolkit.triton.served import ImagesFailed, RequestRefused, ServedModel
 from toolkit.triton.shm import SharedMemory
 from toolkit.triton.versions import served_text, version_info
-
-
-class RequestRefused(DlkitError):
-    """The server answered a request with an error (bad input, a failing model)."""
-
-
-class ImagesFailed(DlkitError):
-    """Some images of a `classify` call could not be classified. `failed` maps the index of
-    each to the reason; `results` holds every image's answer, None where it failed."""
-
-    def __init__(self, failed: dict[int, str], results: list[list[dict[str, Any]] | None]):
-        self.failed, self.results = failed, results
-        listed = "; ".join(list(failed.values())[:5]) + ("; ..." if len(failed) > 5 else "")
-        super().__init__(
-            f"{len(failed)} of {len(results)} images could not be classified: {listed}"
-        )
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """What the client needs to know about a served model, read once from the server."""
-
-    name: str
-    input_name: str
-    input_datatype: str  # Triton's name: FP32, BYTES, ...
-    input_dims: tuple[int, ...]  # without the batch dimension when the model batches
-    output_name: str
-    output_dims: tuple[int, ...]
-    max_batch_size: int
-    info: ArtifactInfo | None  # None for models dlkit did not package
-
-    @property
-    def takes_images(self) -> bool:
-        """True for the preprocessing ensemble: encoded image files in."""
-        return self.input_datatype == "BYTES"
 
 
 class TritonClient:
@@ -126,10 +100,11 @@ class TritonClient:
         """`fn(transport)` on a healthy endpoint, moving on when one fails; errors become
         DlkitError with a message that says what to do.
 
-        An endpoint that let the deadline pass is not asked again within this call (it has
-        cost a whole `timeout` already, and a retry would add load to a busy server), so a
-        silent peer costs one `timeout` per endpoint; quick failures (refused, reset,
-        unavailable) are retried with backoff."""
+        One deadline, `timeout` s, bounds the call, retries and backoff included (gRPC gives up
+        on a peer that accepts and never speaks after ~20 s with a retryable status: per-try
+        deadlines added up). An endpoint that let it pass is not asked again; quick failures
+        (refused, reset, unavailable) are retried with backoff."""
+        deadline = time.monotonic() + self.timeout
         count = len(self.pool.endpoints)
         tried: set[int] = set()
         silent: set[int] = set()
@@ -138,28 +113,32 @@ class TritonClient:
         for attempt in range(attempts):
             index = self.pool.pick(tried | silent)
             try:
-                result = fn(self._transport(index))
+                transport = self._transport(index)
+                transport.timeout = max(deadline - time.monotonic(), 0.001)
+                result = fn(transport)
+            except DlkitError:
+                raise
             except Exception as exc:
                 if not retryable(exc):
                     if isinstance(exc, InferenceServerException):
                         raise self._server_error(what, exc, model) from None
-                    raise
+                    raise not_triton(self.pool.endpoints[index].url, what, exc) from None
                 failure = f"{self.pool.endpoints[index].address}: {error_text(exc)}"
                 self.pool.failed(index)
                 self._reset(index)
                 tried.add(index)
                 if timed_out(exc):
                     silent.add(index)
-                if len(silent) == count:
+                if len(silent) == count or time.monotonic() >= deadline:
                     break
                 if len(tried) >= count and attempt < attempts - 1:
                     tried.clear()
-                    time.sleep(delay)
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
                     delay = min(delay * 2, 4.0)
                 continue
             self.pool.succeeded(index)
             return result
-        if len(silent) == count:
+        if len(silent) == count or time.monotonic() >= deadline:
             raise DlkitError(
                 f"Triton server at {self.url} did not answer within {self.timeout:g} s "
                 f"({what}); it may be overloaded, or not a Triton server: check the address, "
@@ -197,11 +176,13 @@ class TritonClient:
 
     # ------------------------------------------------------------------------ server state
 
-    def is_ready(self, model: str | None = None) -> bool:
-        """Is a server (or `model` on it) ready now? Never raises, never retries."""
+    def is_ready(self, model: str | None = None, timeout: float | None = None) -> bool:
+        """Is a server (or `model` on it) ready now? Never raises, never retries; waits at
+        most `timeout` seconds (default: the client's)."""
         index = self.pool.pick()
         try:
             transport = self._transport(index)
+            transport.timeout = min(self.timeout, timeout or self.timeout)
             return transport.model_ready(model) if model else transport.server_ready()
         except Exception:
             self._reset(index)
@@ -210,7 +191,7 @@ class TritonClient:
     def wait_ready(self, model: str | None = None, timeout: float = 60.0) -> None:
         """Block until a server (or `model`) is ready; DlkitError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not self.is_ready(model):
+        while not self.is_ready(model, max(deadline - time.monotonic(), 0.001)):
             if time.monotonic() > deadline:
                 what = f"model {model!r} at {self.url}" if model else f"server at {self.url}"
                 raise DlkitError(f"Triton {what} not ready after {timeout:.0f} s")
@@ -237,14 +218,11 @@ class TritonClient:
 
     def metadata(self, model: str) -> dict[str, Any]:
         """Triton's model metadata: `{"name", "versions", "inputs", "outputs"}`, shapes as ints."""
-        meta = self._call("metadata", lambda t: t.metadata(model), model=model)
-        for tensor in meta.get("inputs", []) + meta.get("outputs", []):
-            tensor["shape"] = [int(d) for d in tensor["shape"]]
-        return meta
+        return self._call("metadata", lambda t: t.metadata(model), model=model)
 
     def config(self, model: str):
         """The model's configuration as Triton's `model_config_pb2.ModelConfig`."""
-        return self._call("config", lambda t: t.config(model), model=model)
+        return self._call("config", lambda t: named_config(t.config(model), model), model=model)
 
     def statistics(self, model: str) -> dict[str, Any]:
         """Triton's inference statistics for `model` (its statistics extension)."""
@@ -351,7 +329,8 @@ class TritonClient:
         )
         tensor.set_data_from_numpy(batch)
         requested = transport.module.InferRequestedOutput(served.output_name, **output)
-        return transport.infer(served.name, [tensor], [requested]).as_numpy(served.output_name)
+        answer = transport.infer(served.name, [tensor], [requested]).as_numpy(served.output_name)
+        return checked_rows(answer, len(batch), served.max_batch_size > 0, served.output_name)
 
     def _infer_once(self, served: ServedModel, batch: np.ndarray) -> np.ndarray:
         if self.shm is None or served.takes_images:

@@ -43,6 +43,59 @@ def timed_out(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError)
 
 
+class Malformed(ValueError):
+    """The peer answered, but not in Triton's protocol (garbage, or JSON of another shape)."""
+
+
+def expect(value: Any, kind: type, what: str) -> Any:
+    """`value` if it is a `kind`, else Malformed naming `what`."""
+    if not isinstance(value, kind):
+        raise Malformed(f"{what} is {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
+def checked_metadata(meta: Any) -> dict[str, Any]:
+    """Triton's model metadata with every field dlkit reads checked: "inputs" and "outputs"
+    lists of tensors, each with a text "name" and "datatype" and whole-number "shape"."""
+    meta = expect(meta, dict, "the model metadata")
+    for key in ("inputs", "outputs"):
+        for tensor in expect(meta.get(key), list, f"metadata {key}"):
+            tensor = expect(tensor, dict, f"a tensor of metadata {key}")
+            expect(tensor.get("name"), str, f"a tensor name of metadata {key}")
+            expect(tensor.get("datatype"), str, f"a tensor datatype of metadata {key}")
+            try:
+                tensor["shape"] = [int(d) for d in expect(tensor.get("shape"), list, "a shape")]
+            except (TypeError, ValueError):
+                raise Malformed(f"a tensor shape of metadata {key} is not whole numbers") from None
+    return meta
+
+
+def named_config(config, model: str):
+    """A config that is `model`'s (an answer of another shape parses as an empty one)."""
+    if config.name != model:
+        raise Malformed(f"the config answered names {config.name!r}, not {model!r}")
+    return config
+
+
+def checked_rows(answer: Any, rows: int, batched: bool, output: str) -> Any:
+    """An inference answer: an array, with one row per input row when the model batches."""
+    if not hasattr(answer, "shape"):
+        raise Malformed(f"no output {output!r} in the answer")
+    if batched and (len(answer.shape) == 0 or answer.shape[0] != rows):
+        raise Malformed(f"{answer.shape} answered for a batch of {rows}")
+    return answer
+
+
+def not_triton(url: str, what: str, exc: Exception) -> DlkitError:
+    """The error for a peer that answered with what is not Triton's protocol (invalid JSON,
+    JSON of another shape), or with an answer dlkit could not read."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return DlkitError(
+        f"{url} answered {what} with what is not Triton's protocol ({type(exc).__name__}: "
+        f"{text}); check that the address is a Triton server"
+    )
+
+
 def error_text(exc: BaseException) -> str:
     if isinstance(exc, InferenceServerException):
         return (exc.message() or str(exc)).strip()
@@ -67,15 +120,27 @@ class Transport:
         return bool(self._call("is_model_ready", *split_model(model)))
 
     def repository_index(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        index = expect(self._repository_index(), list, "the repository index")
+        for entry in index:
+            expect(expect(entry, dict, "a repository index entry").get("name"), str, "a name")
+        return index
 
     def metadata(self, model: str) -> dict[str, Any]:
-        raise NotImplementedError
+        return checked_metadata(self._metadata(model))
 
     def config(self, model: str):
         raise NotImplementedError
 
     def statistics(self, model: str) -> dict[str, Any]:
+        return expect(self._statistics(model), dict, "the statistics")
+
+    def _repository_index(self) -> Any:
+        raise NotImplementedError
+
+    def _metadata(self, model: str) -> Any:
+        raise NotImplementedError
+
+    def _statistics(self, model: str) -> Any:
         raise NotImplementedError
 
     def load_model(self, model: str, config_json: str | None = None) -> None:
@@ -107,16 +172,16 @@ class GrpcTransport(Transport):
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.raw, method)(*args, client_timeout=self.timeout, **kwargs)
 
-    def repository_index(self) -> list[dict[str, Any]]:
+    def _repository_index(self) -> Any:
         return self._call("get_model_repository_index", as_json=True).get("models", [])
 
-    def metadata(self, model: str) -> dict[str, Any]:
+    def _metadata(self, model: str) -> Any:
         return self._call("get_model_metadata", *split_model(model), as_json=True)
 
     def config(self, model: str):
         return self._call("get_model_config", *split_model(model)).config
 
-    def statistics(self, model: str) -> dict[str, Any]:
+    def _statistics(self, model: str) -> Any:
         return self._call("get_inference_statistics", *split_model(model), as_json=True)
 
 
@@ -132,19 +197,24 @@ class HttpTransport(Transport):
         with gevent.Timeout(self.timeout, late):
             return getattr(self.raw, method)(*args, **kwargs)
 
-    def repository_index(self) -> list[dict[str, Any]]:
+    def _repository_index(self) -> Any:
         return self._call("get_model_repository_index")
 
-    def metadata(self, model: str) -> dict[str, Any]:
+    def _metadata(self, model: str) -> Any:
         return self._call("get_model_metadata", *split_model(model))
 
     def config(self, model: str):
-        as_dict = self._call("get_model_config", *split_model(model))
-        return json_format.ParseDict(
-            as_dict, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+        as_dict = expect(
+            self._call("get_model_config", *split_model(model)), dict, "the model config"
         )
+        try:
+            return json_format.ParseDict(
+                as_dict, model_config_pb2.ModelConfig(), ignore_unknown_fields=True
+            )
+        except json_format.ParseError as exc:
+            raise Malformed(f"the model config does not parse ({exc})") from None
 
-    def statistics(self, model: str) -> dict[str, Any]:
+    def _statistics(self, model: str) -> Any:
         return self._call("get_inference_statistics", *split_model(model))
 
 

@@ -30,18 +30,23 @@ class StatsSnapshot:
 def snapshot(statistics: dict[str, Any], model: str) -> StatsSnapshot:
     """The counters of `model` in an answer of `TritonClient.statistics(model)` (summed over
     its versions)."""
-    entries = [s for s in statistics.get("model_stats", []) if s.get("name") == model]
+    try:
+        entries = [s for s in statistics.get("model_stats", []) if s.get("name") == model]
+        ns = dict.fromkeys((*PHASES, "success"), 0)
+        requests = executions = failures = 0
+        for entry in entries:
+            stats = entry.get("inference_stats", {})
+            for phase in ns:
+                ns[phase] += int(stats.get(phase, {}).get("ns", 0))
+            requests += int(stats.get("success", {}).get("count", 0))
+            failures += int(stats.get("fail", {}).get("count", 0))
+            executions += int(entry.get("execution_count", 0))
+    except (AttributeError, TypeError, ValueError) as exc:  # a peer's JSON of another shape
+        raise DlkitError(
+            f"the statistics answered for model {model!r} are not Triton's ({exc})"
+        ) from None
     if not entries:
         raise DlkitError(f"Triton reports no statistics for model {model!r}")
-    ns = dict.fromkeys((*PHASES, "success"), 0)
-    requests = executions = failures = 0
-    for entry in entries:
-        stats = entry.get("inference_stats", {})
-        for phase in ns:
-            ns[phase] += int(stats.get(phase, {}).get("ns", 0))
-        requests += int(stats.get("success", {}).get("count", 0))
-        failures += int(stats.get("fail", {}).get("count", 0))
-        executions += int(entry.get("execution_count", 0))
     return StatsSnapshot(requests, executions, ns, failures)
 
 

@@ -24,6 +24,7 @@ from toolkit.choices import Device, Objective
 from toolkit.devices import cuda_available
 from toolkit.errors import DlkitError
 from toolkit.log import logger
+from toolkit.triton.audit import check_repository
 from toolkit.triton.client import TritonClient
 from toolkit.triton.configs import serving_options
 from toolkit.triton.repository import check_name
@@ -64,6 +65,7 @@ class TuneConfig:
     shared_memory: bool = False
     load_timeout: float = 120.0
     dry_run: bool = False
+    trust: bool = False  # serve a model of `repo` that holds what dlkit does not write
     space: SearchSpace | None = None  # the default space for this machine when None
 
 
@@ -143,7 +145,9 @@ def _candidates(config: TuneConfig) -> tuple[list[Candidate], str]:
         return candidates, name
     if not config.name:
         raise DlkitError("give the ARTIFACT(s) to tune, or --repo DIR --name MODEL")
-    return [inputs.from_repository(config.repo, config.name)], config.name
+    candidate = inputs.from_repository(config.repo, config.name)
+    check_repository(config.repo, [config.name], config.trust)  # Triton will run its files
+    return [candidate], config.name
 
 
 def _tuning(config: TuneConfig, candidates: list[Candidate], goal: Goal, device: str) -> Tuning:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.artifacts import open_runner
+from toolkit.artifacts.isolated import open_model
 from toolkit.data import load_split
 from toolkit.errors import DlkitError
 from toolkit.evaluate import predict_dataset
@@ -35,7 +36,7 @@ def verify_endpoint(
         logits, labels = predict_dataset(served, val)
     finally:
         served.client.close()
-    local, _ = predict_dataset(open_runner(candidate.artifact), val)
+    local, _ = predict_dataset(open_model(candidate.artifact), val)  # a file from outside
     baseline, baseline_name = _baseline_logits(candidate, val, local)
     comparison = compare_with_baseline(logits, baseline, labels, max_accuracy_drop)
     max_abs_err = float(np.abs(logits - local).max())

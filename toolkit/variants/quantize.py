@@ -23,6 +23,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.artifacts import detect_format, open_runner, read_info
+from toolkit.artifacts.isolated import open_model, run_isolated
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.artifacts.onnx import write_info
 from toolkit.artifacts.onnx_quantize import quantize_onnx
@@ -241,10 +242,15 @@ def quantize_artifact(
             extra["calibration_note"] = note
     elif mode == QuantizeMode.DYNAMIC and (warning := dynamic_speed_warning(source)):
         extra = {"speed_warning": warning}
-    baseline_logits, labels = predict_dataset(open_runner(source), val)
+    # The source is a file from outside: it runs, and is quantized, in a child process under
+    # the model timeout (ONNX Runtime's pre-processing takes exponential time on nested Ifs).
+    baseline_logits, labels = predict_dataset(open_model(source), val)
     try:
         with atomic_path(target) as tmp:
-            details = extra | quantize_onnx(source, tmp, mode, calibration, method, per_channel)
+            details = extra | run_isolated(
+                quantize_onnx, source, tmp, mode, calibration, method, per_channel,
+                what=str(source), doing="quantizing it",
+            )  # fmt: skip
             write_info(tmp, quantized_info(info, source, mode, details))
             logits, _ = predict_dataset(open_runner(tmp), val)
             comparison = compare_with_baseline(logits, baseline_logits, labels, max_accuracy_drop)
