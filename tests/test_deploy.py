@@ -222,7 +222,7 @@ def test_deploy_goes_through_on_a_small_set_with_training_and_packaging_options(
     # A later stage that fails names the trained checkpoint to continue from.
     failed = dlkit("deploy", *common, "--out", run, "--repo", repo, "--backend", "python",
                    "--calib-samples", "500", "--no-smoke-test", expect=1).output  # fmt: skip
-    assert "deploy failed at stage 'quantize': only 64 calibration images" in failed
+    assert "deploy failed at stage 'build': only 64 calibration images" in failed
     assert f"The trained model is {run / 'train' / 'best.pt'}: `dlkit deploy " in failed
 
 

@@ -171,6 +171,8 @@ def _run(config: DeployConfig, run_dir: Path, timer: Stages, report: DeployRepor
     baseline.weights_bytes = stages.weights_bytes(checkpoint, Format.CHECKPOINT)
 
     with timer("build"):
+        if config.calib_samples:  # asked for: a count the data cannot give stops here
+            source.calibration()
         stored = stages.build_stage(source, rows, run_dir / "artifacts")
     with timer("accuracy"):
         stages.accuracy_stage(source, rows, stored, baseline, config.max_accuracy_drop)

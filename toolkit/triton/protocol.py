@@ -71,9 +71,11 @@ def checked_metadata(meta: Any) -> dict[str, Any]:
 
 
 def named_config(config, model: str):
-    """A config that is `model`'s (an answer of another shape parses as an empty one)."""
-    if config.name != model:
-        raise Malformed(f"the config answered names {config.name!r}, not {model!r}")
+    """A config that is `model`'s (`NAME` or `NAME/VERSION`: one config serves every version;
+    an answer of another shape parses as an empty one)."""
+    name = split_model(model)[0]
+    if config.name != name:
+        raise Malformed(f"the config answered names {config.name!r}, not {name!r}")
     return config
 
 
