@@ -1,4 +1,4 @@
-"""Pinned host buffers reused between calls (toolkit/bench/pinned.py): how buffers grow and how a
+"""Pinned host buffers reused between calls (toolkit/pinned.py): how buffers grow and how a
 copy is cut into chunks, anywhere; the copies themselves, marked `cuda`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.bench.pinned import CHUNK_BYTES, PinnedStaging, chunks, grown, pinned_staging
+from toolkit.pinned import CHUNK_BYTES, PinnedStaging, chunks, grown, pinned_staging
 
 
 def test_buffers_grow_to_what_is_needed_and_never_shrink():

@@ -17,10 +17,10 @@ from toolkit import __version__
 from toolkit.artifacts.format_plugin import FormatPlugin, is_torchscript_archive
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, set_torch_threads
-from toolkit.bench.pinned import pinned_staging
 from toolkit.choices import Autocast, Device, Format
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path
+from toolkit.pinned import pinned_staging
 
 if TYPE_CHECKING:
     import numpy as np

@@ -184,7 +184,7 @@ class DeviceBinding:
     def __init__(self, session, device: Any, classes: int, fixed_batch: int | None = None):
         import torch
 
-        from toolkit.bench.pinned import pinned_staging
+        from toolkit.pinned import pinned_staging
 
         self.session, self.classes, self.fixed_batch = session, classes, fixed_batch
         self.device = torch.device(device)

@@ -28,9 +28,9 @@ from toolkit.artifacts.format_plugin import (
 )
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.runner import Runner, first_line, set_torch_threads
-from toolkit.bench.pinned import pinned_staging
 from toolkit.choices import Device, Format
 from toolkit.errors import DlkitError
+from toolkit.pinned import pinned_staging
 
 if TYPE_CHECKING:
     import numpy as np
