@@ -322,6 +322,8 @@ def _stub_runner(path, params, gpu, device_id):
     options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
     providers = ["CPUExecutionProvider"]
     if gpu:
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia pip packages (torch's)
+            ort.preload_dlls()
         search = params.get("cudnn_conv_algo_search", "HEURISTIC")
         cuda = {"device_id": str(device_id), "cudnn_conv_algo_search": search}
         providers.insert(0, ("CUDAExecutionProvider", cuda))
