@@ -55,7 +55,7 @@ cd "$REPO" || exit 2
 # Argument lists of the steps (split on whitespace): full sizes on CUDA, tiny ones on a CPU.
 if [[ $DEVICE == cuda ]]; then
     export TRAIN_ARGS="--amp fp16 --epochs 3" AMP_ARGS="" VARIANT_ARGS="" DEPLOY_ARGS=""
-    export SERVING_ARGS=""
+    export SERVING_ARGS=${SERVING_ARGS:-}  # e.g. "--format torchscript" without onnxruntime-gpu
 else
     export PYTHONPATH="$REPO/benchmarks/hide_modules:$PYTHONPATH"
     export DLKIT_HIDE_MODULES=torchao

@@ -4,7 +4,9 @@
     python benchmarks/gpu_serving.py --device cpu --quick --out DIR     # a dry run on a CPU
 
 ResNet-18 at 224x224 (random weights, 1000 classes: only speed is measured) exported to ONNX,
-fp16 with fp32 inputs and outputs on CUDA (what `dlkit quantize --mode fp16` writes), then:
+fp16 with fp32 inputs and outputs on CUDA (what `dlkit quantize --mode fp16` writes), or with
+`--format torchscript` to TorchScript fp32 (what a machine without onnxruntime-gpu can serve on
+its GPU), then:
 
 1. the in-process ceiling: the same file through dlkit's ONNX Runtime runner on the same device
    (CUDA: IO binding, pinned host copies, the numpy batch in and logits out as a client sees
@@ -46,8 +48,9 @@ LEVELS = (1, 4, 16, 64)
 CEILING_GOAL = 0.5  # served images/s at the best level over the in-process ceiling
 
 
-def export(out: Path, quick: bool, fp16: bool) -> Path:
-    """ResNet-18 (or the dry run's simplenet) as ONNX, fp16 with fp32 IO when asked."""
+def export(out: Path, quick: bool, fp16: bool, fmt: str = "onnx") -> Path:
+    """ResNet-18 (or the dry run's simplenet) as ONNX (fp16 with fp32 IO when asked) or
+    TorchScript (fp32)."""
     import torch
 
     from toolkit.artifacts.metadata import ArtifactInfo, DataSource, Preprocessing
@@ -67,8 +70,8 @@ def export(out: Path, quick: bool, fp16: bool) -> Path:
         model=spec,
         source=DataSource(dataset=None, data=str(out / "none")),  # parity on random inputs
     )
-    [onnx] = export_model(model, info, out / "export", arch, formats=("onnx",))
-    if not fp16:
+    [onnx] = export_model(model, info, out / "export", arch, formats=(fmt,))
+    if not fp16 or fmt != "onnx":
         return Path(onnx.path)
     target = out / "export" / f"{arch}-fp16.onnx"
     quantize_onnx(onnx.path, target, QuantizeMode.FP16, None)
@@ -80,7 +83,7 @@ def export(out: Path, quick: bool, fp16: bool) -> Path:
 
 def ceiling(artifact: Path, device: str, quick: bool) -> dict:
     """In-process images/s at batch 1, 8 and 32 (windows interleaved); the best is the ceiling."""
-    runner = open_runner(artifact, device=device)
+    runner = open_runner(artifact, device=device, trust=True)  # made just now by export()
     shape = runner.info.preprocessing.input_shape
     steps, sizes = {}, {}
     for batch_size in (1, 8, 32):
@@ -178,7 +181,7 @@ def tuned(artifact: Path, device: str, logs: Path, minutes: float, report: Path)
 def run(args: argparse.Namespace) -> dict:
     out, logs = args.out, args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    artifact = export(out, args.quick, fp16=args.device == "cuda")
+    artifact = export(out, args.quick, fp16=args.device == "cuda", fmt=args.format)
     result: dict = {"environment": describe_environment(args.device), "artifact": str(artifact)}
     result["ceiling"] = ceiling(artifact, args.device, args.quick)
     repo = out / "model_repository"
@@ -248,6 +251,12 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="a dry run: tiny model, short windows")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default="onnx",
+        help="torchscript needs no onnxruntime-gpu on the machine (fp32)",
+    )
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per level")
     parser.add_argument("--tune-minutes", type=float, default=1.0, help="0: no tune step")
