@@ -36,6 +36,8 @@ from toolkit.variants.registry import resolve_variants
 
 BEST_AT_1_TARGET = 4.5
 FP16_THROUGHPUT_TARGET = 2.2
+ONNX_AT_1_WITHIN = 1.5  # onnx-fp16's device time at batch 1 within 1.5x of compile-fp16-cl's
+END_TO_END_SHARE = 0.7  # end-to-end throughput at the large batch over device-only (pinned)
 
 
 def goal(text: str, value: float | None, target: float, why: str = "") -> dict[str, Any]:
@@ -53,7 +55,7 @@ def goal(text: str, value: float | None, target: float, why: str = "") -> dict[s
 
 
 def goals(rows: list[BenchRow], large: int) -> list[dict]:
-    """The two goals of this benchmark, from the rows measured so far."""
+    """The goals of this benchmark, from the rows measured so far."""
 
     def row(variant: str, batch_size: int) -> BenchRow | None:
         return next((r for r in rows if (r.variant, r.batch_size) == (variant, batch_size)), None)
@@ -75,6 +77,46 @@ def goals(rows: list[BenchRow], large: int) -> list[dict]:
             fp16.best_throughput / fp32.best_throughput if fp32 and fp16 else None,
             FP16_THROUGHPUT_TARGET,
             f"eager-fp32 or eager-fp16-cl did not run at batch {large}",
+        ),
+        *onnx_and_copy_goals(row, large),
+    ]
+
+
+def onnx_and_copy_goals(row, large: int) -> list[dict]:
+    """ONNX Runtime's CUDA provider against the torch variants, and the host copies (through
+    pinned buffers) against device-only time; `row(variant, batch)` finds a measured row."""
+    compiled, onnx_1 = row("compile-fp16-cl", 1), row("onnx-fp16", 1)
+    eager, onnx_large = row("eager-fp16-cl", large), row("onnx-fp16", large)
+
+    def device_p50(r) -> float | None:
+        return r.device_latency_ms["p50"] if r and r.device_latency_ms else None
+
+    ratio = None
+    if device_p50(compiled) and device_p50(onnx_1):
+        ratio = device_p50(compiled) / device_p50(onnx_1)
+    share = None
+    if eager and eager.device_throughput:
+        share = eager.throughput / eager.device_throughput
+    return [
+        goal(
+            f"onnx-fp16 at batch 1: device time within {ONNX_AT_1_WITHIN:g}x of compile-fp16-cl "
+            "(compile-fp16-cl time over onnx-fp16 time)",
+            ratio,
+            1 / ONNX_AT_1_WITHIN,
+            "onnx-fp16 or compile-fp16-cl has no device time at batch 1",
+        ),
+        goal(
+            f"onnx-fp16 at batch {large}: at least the throughput of eager-fp16-cl",
+            onnx_large.best_throughput / eager.best_throughput if onnx_large and eager else None,
+            1.0,
+            f"onnx-fp16 or eager-fp16-cl did not run at batch {large}",
+        ),
+        goal(
+            f"eager-fp16-cl at batch {large}: end-to-end throughput (pinned host copies) at "
+            f"least {END_TO_END_SHARE:.0%} of device-only",
+            share,
+            END_TO_END_SHARE,
+            f"eager-fp16-cl has no device time at batch {large}",
         ),
     ]
 

@@ -52,6 +52,20 @@ def toolkit_imports() -> dict[str, str]:
     return results
 
 
+def python_state() -> dict[str, str]:
+    """Which Python runs the check (the carried wheels' venv, or the machine's), and whether
+    its libpython is there (the pip tritonserver's python stub needs it)."""
+    import sysconfig
+
+    folder, name = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+    lib = Path(folder or "") / (name or "")
+    return {
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "libpython": str(lib) if lib.is_file() else f"missing ({lib})",
+    }
+
+
 def environment(folder: Path) -> dict[str, Any]:
     import torch
 
@@ -62,6 +76,7 @@ def environment(folder: Path) -> dict[str, Any]:
     result = describe_environment(device)
     result["packages"] = {name: package_state(name) for name in PACKAGES}
     result["onnxruntime_gpu_providers"] = gpu_providers(tensorrt=True)
+    result["python"] = python_state()
     result["toolkit_imports"] = toolkit_imports()
     (folder / "environment.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -183,6 +198,18 @@ def goals_note(path: Path) -> str:
     )
 
 
+def serving_note(folder: Path) -> str:
+    r = read_json(folder / "serving" / "gpu_serving.json")
+    top = max(r["served"], key=lambda level: level["throughput"])
+    tuned = r.get("tune")
+    changes = ", ".join(tuned["changes"]) if tuned else "not run"
+    return (
+        f"served {top['throughput']:.0f} images/s at concurrency {top['concurrency']} "
+        f"(p99 {top['latency_ms']['p99']:.2f} ms), {r['goals'][0]['value']:.0%} of the in-process "
+        f"{r['ceiling']['best']:.0f}; tune changed: {changes or 'nothing'}"
+    )
+
+
 def deploy_note(folder: Path) -> str:
     report = read_json(folder / "deploy" / "report.json")
     if report.get("error"):
@@ -190,6 +217,11 @@ def deploy_note(folder: Path) -> str:
     return f"selected {report['selected']['name']}; packaged {len(report['packaged'])} models"
 
 
+GOAL_FILES = (
+    "cuda_variants/cuda_variants.json",
+    "serving/gpu_serving.json",
+    "amp_training/amp_training.json",
+)
 NOTES: dict[str, Callable[[Path], str]] = {
     "environment": environment_note,
     "train": train_note,
@@ -198,13 +230,14 @@ NOTES: dict[str, Callable[[Path], str]] = {
     "amp_training": lambda f: goals_note(f / "amp_training" / "amp_training.json"),
     "cuda_variants": lambda f: goals_note(f / "cuda_variants" / "cuda_variants.json"),
     "deploy": deploy_note,
+    "serving": serving_note,
 }
 
 
 def goal_lines(folder: Path) -> list[str]:
-    """The headline ratios: every goal of the two benchmarks, met or by how much missed."""
+    """The headline ratios: every goal of the benchmarks, met or by how much missed."""
     lines = []
-    for path in ("cuda_variants/cuda_variants.json", "amp_training/amp_training.json"):
+    for path in GOAL_FILES:
         for g in (read_json(folder / path) or {}).get("goals", []):
             target = g["target"] if isinstance(g["target"], str) else f"at least {g['target']:g}"
             if g["value"] is None:

@@ -102,6 +102,7 @@ def test_package_cli_names_models_after_their_files(dlkit, tiny_exports, tmp_pat
     assert sorted(p.name for p in (repo / "best_torchscript" / "1").iterdir()) == [
         "model.pt",
         "model.py",
+        "runner.py",  # the format plugin's stub runner, beside the classifier
     ]
     result = dlkit("package", tiny_exports["onnx"], "--repo", repo, "--name", "bad name", expect=1)
     assert result.output.startswith("Error: model name 'bad name'")

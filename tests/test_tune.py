@@ -203,6 +203,9 @@ def test_space_skips_settings_that_do_not_apply():
     cuda = dataclasses.replace(SPACE, kind=(InstanceKind.GPU, InstanceKind.CPU))
     kinds = {a.name: a for a in cuda.axes()}["kind"]
     assert [c.serving.kind for c in cuda.neighbours(START, kinds)] == ["gpu", "cpu"]
+    # TensorRT runs on GPU instances only: its config keeps KIND_GPU (a CPU trial would fail).
+    trt = ServingOptions(max_batch_size=32, kind=InstanceKind.GPU, accelerator="tensorrt")
+    assert cuda.neighbours(TrialConfig("m", trt), kinds) == []
 
 
 def test_pareto_front():

@@ -144,6 +144,7 @@ class Accelerator(Choice):
 
     NONE = "none"
     OPENVINO = "openvino"  # ONNX Runtime's OpenVINO execution provider, on the CPU
+    TENSORRT = "tensorrt"  # ONNX Runtime's TensorRT execution provider, on GPUs (fp16)
 
 
 class InstanceKind(Choice):

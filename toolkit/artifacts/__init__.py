@@ -7,6 +7,7 @@
     checkpoint.py     dlkit checkpoints and the eager runner
     onnx.py           ONNX: metadata, export, ONNX Runtime runner, its variants, Triton
     onnx_quantize.py  ONNX Runtime's int8 and fp16 transforms
+    onnx_cuda.py      ONNX Runtime on the GPU: provider options, IO binding, TensorRT settings
     torchscript.py    TorchScript: metadata, code check, export, runner, Triton
     openvino.py       OpenVINO IR: conversion, metadata, runner, its variants, Triton
 

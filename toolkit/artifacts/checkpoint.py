@@ -20,6 +20,7 @@ from toolkit.artifacts.runner import Runner, set_torch_threads
 from toolkit.choices import Autocast, Device, Format
 from toolkit.errors import DlkitError
 from toolkit.files import atomic_path
+from toolkit.pinned import pinned_staging
 
 if TYPE_CHECKING:
     import numpy as np
@@ -184,19 +185,20 @@ class EagerRunner(Runner):
         self.dtype = autocast_dtype(cast) or torch.float32
         self.model.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         self.autocast_dtype = autocast_dtype(autocast)
+        self.staging = pinned_staging(self.device)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(batch).to(
-            self.device, dtype=self.dtype, memory_format=self.memory_format
-        )
+        x = self.staging.to_device(batch) if self.staging else torch.from_numpy(batch)
+        x = x.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         enabled = self.autocast_dtype is not None
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled),
         ):
-            return self.model(x).float().cpu().numpy()
+            logits = self.model(x).float()
+            return self.staging.to_host(logits) if self.staging else logits.numpy()
 
 
 class CheckpointPlugin(FormatPlugin):

@@ -192,6 +192,12 @@ class FormatPlugin:
     def open_runner(self, path: str | os.PathLike, device: str = "cpu", **options: Any) -> Runner:
         raise DlkitError(f"{self.name} artifacts cannot be run here")
 
+    def fixed_batch_options(self, device: str, batch_size: int) -> dict[str, Any]:
+        """Options for `open_runner` when the runner will only be given batches of
+        `batch_size` on `device` (the bench builds one per batch size): what static shapes
+        allow, such as CUDA graphs."""
+        return {}
+
     def unavailable(self, device: str) -> str:
         """Why this format cannot run on `device` on this machine (a runtime not installed,
         no provider for the device), or "" (checked before any file is made)."""

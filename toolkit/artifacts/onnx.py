@@ -20,6 +20,7 @@ from toolkit.artifacts.format_plugin import (
     TritonNative,
 )
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
+from toolkit.artifacts.onnx_cuda import DeviceBinding, TensorRTSettings, cuda_session, open_session
 from toolkit.artifacts.runner import Runner, check_scores, first_line
 from toolkit.choices import Device, Format, Precision, QuantizeMode
 from toolkit.errors import DlkitError
@@ -155,7 +156,15 @@ def gpu_providers(tensorrt: bool = False) -> list[str]:
 class OnnxRunner(Runner):
     """An ONNX file through ONNX Runtime: the CPU provider, or CUDA (and TensorRT on request)
     when this machine really has them — a provider that fails to start is an error, not a
-    silent fall back to the CPU."""
+    silent fall back to the CPU.
+
+    On CUDA the session runs through IO binding (`toolkit.artifacts.onnx_cuda.DeviceBinding`):
+    input and output in device buffers, host copies through pinned memory, and
+    `device_call(batch)` for timing the model alone. `cuda_graph_batch` (or a fixed batch in
+    the file) makes it replay a CUDA graph for that batch size; a model ONNX Runtime cannot
+    capture (some nodes outside the CUDA provider) runs without one, with a warning.
+    `tensorrt`: True or `TensorRTSettings` puts TensorRT's provider first.
+    """
 
     name = "onnxruntime"
 
@@ -165,11 +174,15 @@ class OnnxRunner(Runner):
         device: str = "cpu",
         threads: int | None = None,
         optimization: str = "all",
-        tensorrt: bool = False,
+        tensorrt: bool | TensorRTSettings = False,
+        cuda_graph_batch: int | None = None,
+        conv_algo_search: str = "EXHAUSTIVE",
     ):
         import onnxruntime as ort
 
         device = Device.parse(device, "device")
+        if device == Device.AUTO:
+            device = Device.CUDA if gpu_providers() else Device.CPU
         if optimization not in GRAPH_OPTIMIZATIONS:
             raise DlkitError(f"graph optimization must be one of {', '.join(GRAPH_OPTIMIZATIONS)}")
         self.info = read_info(path)
@@ -180,31 +193,33 @@ class OnnxRunner(Runner):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: provider fall-backs are checked below
-        wanted = gpu_providers(tensorrt) if device in (Device.CUDA, Device.AUTO) else []
-        if device == Device.CUDA and not wanted:
-            raise DlkitError(
-                "--device cuda needs onnxruntime-gpu with a working GPU; this onnxruntime offers "
-                f"{ort.get_available_providers()}. Use --device cpu"
-            )
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=[*wanted, "CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise DlkitError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
+        self.cuda: DeviceBinding | None = None
+        if device != Device.CUDA:
+            self.session = open_session(path, options, ["CPUExecutionProvider"])
+        else:
+            settings = TensorRTSettings() if tensorrt is True else (tensorrt or None)
+            fixed = self.info.static_batch or cuda_graph_batch
+            self.session, fixed = cuda_session(path, options, settings, fixed, conv_algo_search)
+            self.cuda = DeviceBinding(self.session, "cuda:0", self.info.num_classes, fixed)
         self.providers = self.session.get_providers()
-        if device == Device.CUDA and self.providers[0] not in wanted:
-            raise DlkitError(
-                f"ONNX Runtime could not start {wanted[0]} (no usable GPU or CUDA libraries); "
-                "use --device cpu"
-            )
         self.input_name = self.session.get_inputs()[0].name
         check_scores(tuple(self.session.get_outputs()[0].shape), None, self.info, str(path))
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.cuda is not None and self.cuda.fixed_batch is not None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import numpy as np
 
+        if self.cuda is not None:
+            return self.cuda.run(batch)
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
+
+    def device_call(self, batch: np.ndarray):
+        """The model alone on `batch` already on the GPU (None on the CPU): its CUDA-event time
+        is ONNX Runtime's run, which ends by waiting for its own stream."""
+        return self.cuda.device_call(batch) if self.cuda is not None else None
 
 
 # ---------------------------------------------------------------------------- the variants
@@ -296,7 +311,10 @@ def batchless(path, tin: Tensor, tout: Tensor, info: ArtifactInfo) -> tuple[Tens
 
 
 def _stub_runner(path, params, gpu, device_id):
-    """ONNX Runtime inside Triton's python backend (needs only numpy and onnxruntime)."""
+    """ONNX Runtime inside Triton's python backend (needs only numpy and onnxruntime). On a
+    GPU instance: the CUDA provider (the model fails to load without it rather than run on the
+    CPU), run through IO binding so the output stays on the GPU until the one copy back; cuDNN's
+    heuristic convolution search, as every dynamic batch may bring a new batch size."""
     import numpy as np
     import onnxruntime as ort
 
@@ -305,14 +323,30 @@ def _stub_runner(path, params, gpu, device_id):
     options.inter_op_num_threads = int(params.get("inter_op_thread_count", "0"))
     providers = ["CPUExecutionProvider"]
     if gpu:
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device_id)}))
+        if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia pip packages (torch's)
+            ort.preload_dlls()
+        search = params.get("cudnn_conv_algo_search", "HEURISTIC")
+        cuda = {"device_id": str(device_id), "cudnn_conv_algo_search": search}
+        providers.insert(0, ("CUDAExecutionProvider", cuda))
     session = ort.InferenceSession(path, options, providers=providers)
-    feed = session.get_inputs()[0].name
+    if gpu and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"ONNX Runtime could not start its CUDA provider for {path}")
+    feed, fetch = session.get_inputs()[0].name, session.get_outputs()[0].name
 
     def run(batch):
         return np.asarray(session.run(None, {feed: batch})[0], dtype=np.float32)
 
-    return run
+    if not gpu:
+        return run
+    binding = session.io_binding()
+
+    def run_bound(batch):
+        binding.bind_cpu_input(feed, np.ascontiguousarray(batch))  # copied to the GPU once
+        binding.bind_output(fetch, "cuda", int(device_id))
+        session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+    return run_bound
 
 
 class OnnxPlugin(FormatPlugin):
@@ -326,7 +360,8 @@ class OnnxPlugin(FormatPlugin):
         model_file="model.onnx",
         parameters=("intra_op_thread_count", "inter_op_thread_count"),
     )
-    accelerators = ("openvino",)  # the onnxruntime backend's OpenVINO execution provider
+    # The onnxruntime backend's execution providers: OpenVINO's on the CPU, TensorRT's on GPUs.
+    accelerators = ("openvino", "tensorrt")
     stub_runner = staticmethod(_stub_runner)
 
     def sniff(self, path: Path, head: bytes) -> bool:
@@ -340,6 +375,10 @@ class OnnxPlugin(FormatPlugin):
         self, path: str | os.PathLike, device: str = "cpu", objective: str | None = None, **options
     ) -> Runner:
         return OnnxRunner(path, device=device, **options)
+
+    def fixed_batch_options(self, device: str, batch_size: int) -> dict[str, Any]:
+        # One batch size: static shapes, so the CUDA provider can replay a graph.
+        return {"cuda_graph_batch": batch_size} if device == Device.CUDA else {}
 
     def unavailable(self, device: str) -> str:
         if device == Device.CUDA and not gpu_providers():

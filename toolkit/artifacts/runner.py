@@ -6,7 +6,8 @@ format module (`checkpoint`, `torchscript`, `onnx`, and `toolkit.triton.runner`)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.errors import DlkitError
@@ -31,6 +32,11 @@ class Runner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def device_call(self, batch: np.ndarray) -> Callable[[], Any] | None:
+        """The model alone on `batch` already on the GPU, for timing it without the host
+        copies (`dlkit bench --device cuda`'s device time); None where a backend has none."""
+        return None
 
     def check_input(self, batch: np.ndarray) -> None:
         """Refuse what the model would reject or answer with nonsense: another shape, a

@@ -31,6 +31,7 @@ from toolkit.artifacts.runner import Runner, first_line, set_torch_threads
 from toolkit.artifacts.ts_archive import archive_findings, read_records
 from toolkit.choices import Device, Format
 from toolkit.errors import DlkitError
+from toolkit.pinned import pinned_staging
 
 if TYPE_CHECKING:
     import numpy as np
@@ -182,12 +183,15 @@ class TorchScriptRunner(Runner):
         set_torch_threads(threads)
         self.device = resolve_device(device)
         self.module, self.info = load_torchscript(path, str(self.device), trust)
+        self.staging = pinned_staging(self.device)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        x = self.staging.to_device(batch) if self.staging else torch.from_numpy(batch)
         with torch.inference_mode():
-            return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+            logits = self.module(x).float()
+            return self.staging.to_host(logits) if self.staging else logits.numpy()
 
 
 def check_forward(path: Path, info: ArtifactInfo, trust: bool = False) -> None:
@@ -243,7 +247,10 @@ def _export(target: Path, parent, info: ArtifactInfo, context) -> dict[str, Any]
 
 
 def _stub_runner(path, params, gpu, device_id):
-    """TorchScript inside Triton's python backend (needs only numpy and torch)."""
+    """TorchScript inside Triton's python backend (needs only numpy and torch). On a GPU
+    instance the module is moved there once, at load; each batch goes up and its logits come
+    back through pinned host buffers kept between calls (grown to the largest batch)."""
+    import numpy as np
     import torch
 
     intra = int(params.get("intra_op_thread_count", "0"))
@@ -252,16 +259,36 @@ def _stub_runner(path, params, gpu, device_id):
         torch.set_num_threads(intra)
     if inter:
         torch.set_num_interop_threads(inter)
-    device = f"cuda:{device_id}" if gpu else "cpu"
+    device = torch.device(f"cuda:{device_id}" if gpu else "cpu")
     module = torch.jit.load(path, map_location=device).eval()
 
     def run(batch):
         if not batch.flags.writeable:  # a view of Triton's shared memory: torch wants its own
             batch = batch.copy()
         with torch.inference_mode():
-            return module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+            return module(torch.from_numpy(batch)).float().numpy()
 
-    return run
+    if not gpu:
+        return run
+    pinned = {}
+
+    def buffer(key, count, dtype):
+        held = pinned.get(key)
+        if held is None or held.dtype != dtype or held.numel() < count:
+            held = pinned[key] = torch.empty(count, dtype=dtype, pin_memory=True)
+        return held[:count]
+
+    def run_on_gpu(batch):
+        host = buffer("in", batch.size, torch.from_numpy(np.empty(0, batch.dtype)).dtype)
+        np.copyto(host.numpy(), batch.reshape(-1))  # also from a read-only view: no copy first
+        with torch.inference_mode():
+            logits = module(host.view(batch.shape).to(device, non_blocking=True)).float()
+            out = buffer("out", logits.numel(), torch.float32)
+            out.copy_(logits.reshape(-1), non_blocking=True)
+            torch.cuda.current_stream(device).synchronize()
+        return out.numpy().reshape(tuple(logits.shape)).copy()
+
+    return run_on_gpu
 
 
 class TorchScriptPlugin(FormatPlugin):

@@ -325,7 +325,7 @@ def _device_call(runner: Runner, batch: np.ndarray) -> Callable[[], Any] | None:
     elif isinstance(runner, TorchScriptRunner):
         module, dtype, layout, cast = runner.module, None, torch.preserve_format, torch.float32
     else:
-        return None
+        return runner.device_call(batch)  # ONNX Runtime's IO binding, say
     x = torch.from_numpy(batch).to(runner.device, dtype=cast, memory_format=layout)
 
     def call() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.choices import Accelerator, Backend, InstanceKind
+from toolkit.choices import Accelerator, Backend, Device, InstanceKind
 from toolkit.commands.output import (
     choice,
     json_option,
@@ -54,6 +54,12 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
     "--kind", type=choice(InstanceKind), default="auto", show_default=True, help="Where they run."
 )
 @click.option(
+    "--device",
+    type=choice(Device, Device.targets()),
+    help="Serve on this device: cuda writes KIND_GPU instances (the python backend then runs "
+    "the model on the GPU), cpu KIND_CPU ones [default: --kind decides].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(0, 256),
     default=0,
@@ -74,7 +80,8 @@ from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
     default="none",
     show_default=True,
     help="ONNX on the native onnxruntime backend: start this execution provider (openvino: "
-    "ONNX Runtime's OpenVINO provider on the CPU).",
+    "ONNX Runtime's OpenVINO provider on the CPU; tensorrt: TensorRT's, fp16, engines cached, "
+    "on GPU instances: --device cuda).",
 )
 @click.option(
     "--preprocess",
@@ -100,6 +107,7 @@ def package(
     max_queue_delay_us,
     instances,
     kind,
+    device,
     threads,
     backend,
     accelerator,
@@ -117,7 +125,7 @@ def package(
     Triton will run it (see --trust).
     """
     from toolkit.log import logger
-    from toolkit.triton.configs import ServingOptions
+    from toolkit.triton.configs import ServingOptions, instance_kind
     from toolkit.triton.repository import PackageOptions, package_artifacts
     from toolkit.triton.server import unservable_here
 
@@ -128,7 +136,7 @@ def package(
             dynamic_batching=dynamic_batching,
             max_queue_delay_us=max_queue_delay_us,
             instances=instances,
-            kind=kind,
+            kind=instance_kind(device, kind),
             threads=threads,
             accelerator=accelerator,
         ),

@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit.artifacts.format_plugin import FormatPlugin, Tensor
 from toolkit.artifacts.metadata import ArtifactInfo, parse_info
 from toolkit.artifacts.registry import plugins
-from toolkit.choices import Accelerator, Backend, InstanceKind
+from toolkit.choices import Accelerator, Backend, Device, InstanceKind
 from toolkit.errors import DlkitError
 from toolkit.files import write_text
 from toolkit.triton.release import DEFAULT_QUEUE_DELAY_US
@@ -35,8 +35,9 @@ CONFIG_FILE, LABELS_FILE = "config.pbtxt", "labels.txt"
 INFO_PARAMETER = "dlkit"  # config parameter holding the artifact's ArtifactInfo JSON
 IMAGE_INPUT = "IMAGE"  # the preprocessing ensemble's input: encoded image bytes
 PYTHON_THREADS = ("intra_op_thread_count", "inter_op_thread_count")  # dlkit's python backend
-# Execution accelerators a native backend can be given (`optimization` in the config).
-ACCELERATORS = {Accelerator.OPENVINO: "cpu"}
+# Execution accelerators a native backend can be given (`optimization` in the config), and the
+# instances they run on.
+ACCELERATORS = {Accelerator.OPENVINO: "cpu", Accelerator.TENSORRT: "gpu"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ServingOptions:
             raise DlkitError(
                 f"unknown accelerator {self.accelerator!r}; choose from {', '.join(ACCELERATORS)}"
             )
+        check_accelerator_kind(self.accelerator, InstanceKind(self.kind))
         checks = [
             ("--instances", self.instances, 1, MAX_INSTANCES),
             ("--threads", self.threads, 0, MAX_THREADS),
@@ -94,6 +96,39 @@ class ServingOptions:
 def model_file_names() -> list[str]:
     """The model file each format has in a version folder (model.onnx, model.pt, model.xml)."""
     return [p.triton.model_file for p in plugins() if p.triton is not None]
+
+
+def check_accelerator_kind(accelerator: str, kind: InstanceKind) -> None:
+    """Triton starts a `gpu_execution_accelerator` (TensorRT) for GPU instances only and a
+    `cpu_execution_accelerator` (OpenVINO) for CPU ones: TensorRT needs KIND_GPU said outright
+    (KIND_AUTO would leave it unused on a server without a GPU), OpenVINO anything but KIND_GPU."""
+    if not accelerator:
+        return
+    on_gpu = ACCELERATORS[Accelerator(accelerator)] == "gpu"
+    if on_gpu and kind != InstanceKind.GPU:
+        raise DlkitError(
+            f"--accelerator {accelerator} runs on GPU instances, and these are KIND_"
+            f"{InstanceKind(kind).name}: package with --device cuda (KIND_GPU)"
+        )
+    if not on_gpu and kind == InstanceKind.GPU:
+        raise DlkitError(
+            f"--accelerator {accelerator} runs on CPU instances, and these are KIND_GPU: "
+            "package with --device cpu, or without the accelerator"
+        )
+
+
+def instance_kind(device: str | None, kind: InstanceKind | str) -> InstanceKind:
+    """The instance kind for `dlkit package --device DEVICE --kind KIND`: a device fixes the
+    kind (cuda: KIND_GPU, cpu: KIND_CPU) unless --kind already says the same."""
+    kind = InstanceKind.parse(kind, "instance kind")
+    if device is None or device == Device.AUTO:
+        return kind
+    wanted = InstanceKind.GPU if Device.parse(device, "device") == Device.CUDA else InstanceKind.CPU
+    if kind not in (InstanceKind.AUTO, wanted):
+        raise DlkitError(
+            f"--device {device} serves on KIND_{wanted.name} instances; drop --kind {kind}"
+        )
+    return wanted
 
 
 def thread_parameters() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -233,23 +268,39 @@ def apply_serving(config: mc.ModelConfig, options: ServingOptions) -> mc.ModelCo
 
 
 def _set_accelerator(config: mc.ModelConfig, name: str) -> None:
-    """`optimization { execution_accelerators { cpu_execution_accelerator { name } } }` on a
-    native ONNX model (Triton's onnxruntime backend starts that execution provider)."""
+    """`optimization { execution_accelerators { cpu_execution_accelerator { name } } }` (or
+    `gpu_execution_accelerator`, with TensorRT's parameters) on a native ONNX model: Triton's
+    onnxruntime backend starts that execution provider."""
     accelerators = config.optimization.execution_accelerators
     del accelerators.cpu_execution_accelerator[:]
+    del accelerators.gpu_execution_accelerator[:]
     if name:
         if config.backend == "python":
             raise DlkitError("--accelerator applies to Triton's native onnxruntime backend")
-        accelerators.cpu_execution_accelerator.add(name=name)
+        if ACCELERATORS[Accelerator(name)] == "gpu":
+            added = accelerators.gpu_execution_accelerator.add(name=name)
+            added.parameters.update(accelerator_parameters(name))
+        else:
+            accelerators.cpu_execution_accelerator.add(name=name)
     if not accelerators.cpu_execution_accelerator and not accelerators.gpu_execution_accelerator:
         config.optimization.ClearField("execution_accelerators")
     if not config.optimization.ListFields():
         config.ClearField("optimization")
 
 
+def accelerator_parameters(name: str) -> dict[str, str]:
+    """The parameters dlkit gives an execution accelerator (TensorRT: fp16, an engine cache)."""
+    if name == Accelerator.TENSORRT:
+        from toolkit.artifacts.onnx_cuda import TensorRTSettings
+
+        return TensorRTSettings().triton_parameters()
+    return {}
+
+
 def accelerator(config: mc.ModelConfig) -> str:
-    """The CPU execution accelerator a config names, or ""."""
-    found = config.optimization.execution_accelerators.cpu_execution_accelerator
+    """The execution accelerator a config names (CPU or GPU), or ""."""
+    accelerators = config.optimization.execution_accelerators
+    found = [*accelerators.cpu_execution_accelerator, *accelerators.gpu_execution_accelerator]
     return found[0].name if found else ""
 
 

@@ -60,6 +60,11 @@ class Axis:
         )
 
 
+def _kind_free(config: TrialConfig) -> bool:
+    """An execution accelerator fixes the instance kind (TensorRT's runs on KIND_GPU only)."""
+    return not config.serving.accelerator
+
+
 def _batching(config: TrialConfig) -> bool:
     return config.serving.max_batch_size != 0 and config.serving.dynamic_batching
 
@@ -100,7 +105,7 @@ class SearchSpace:
             Axis("max_batch_size", self.max_batch_size, _batching),
             Axis("preferred_batch_sizes", self.preferred_batch_sizes, _batching),
             Axis("inter_op_threads", self.inter_op_threads, always),
-            Axis("kind", self.kind, always),
+            Axis("kind", self.kind, _kind_free),
         ]
 
     def normalise(self, config: TrialConfig) -> TrialConfig:

@@ -62,8 +62,14 @@ def _pt2e_int8(source: Source, variant: Variant, batch_size: int) -> Runner:
     return eager_runner(source, variant, compile_int8(converted, example))
 
 
-def file_runner(variant: FileVariant, source: Source, objective: str | None = None) -> Runner:
-    """The stored, verified artifact of a file variant, opened by its format's runner."""
+def file_runner(
+    variant: FileVariant,
+    source: Source,
+    objective: str | None = None,
+    batch_size: int | None = None,
+) -> Runner:
+    """The stored, verified artifact of a file variant, opened by its format's runner (for
+    batches of `batch_size` only, when given: see `FormatPlugin.fixed_batch_options`)."""
     plugin = format_plugin(variant.format)
     why = variant.unavailable(source.device, cpu_features()) or plugin.unavailable(source.device)
     if why:  # before making anything for it
@@ -72,6 +78,8 @@ def file_runner(variant: FileVariant, source: Source, objective: str | None = No
     options = {"trust": True} if plugin.runs_code else {}  # made by dlkit from this model
     if objective:
         options["objective"] = objective
+    if batch_size is not None:
+        options |= plugin.fixed_batch_options(source.device, batch_size)
     return plugin.open_runner(stored.path, source.device, threads=source.threads, **options)
 
 
@@ -80,7 +88,7 @@ def build_runner(variant: VariantBase, source: Source, batch_size: int) -> Runne
     if variant.cuda_only and source.device != Device.CUDA:
         raise VariantSkipped(f"{variant.name} runs on CUDA (fp16 kernels are slow on CPUs)")
     if isinstance(variant, FileVariant):
-        return file_runner(variant, source)
+        return file_runner(variant, source, batch_size=batch_size)
     if not isinstance(variant, Variant):
         raise DlkitError(f"variant {variant.name} is neither built in-process nor a file")
     if variant.build == EAGER:
