@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from toolkit.choices import Device, Protocol
-from toolkit.commands.output import choice, finite, json_option, print_json, trust_option
+from toolkit.commands.output import (
+    DAY_SECONDS,
+    choice,
+    finite,
+    json_option,
+    print_json,
+    trust_option,
+)
 
 
 @click.command()
@@ -37,7 +44,7 @@ from toolkit.commands.output import choice, finite, json_option, print_json, tru
     type=float,
     default=10.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, DAY_SECONDS, above=True),
     help="With --url: seconds each request may take before the server counts as not answering.",
 )
 @trust_option
@@ -81,13 +88,19 @@ def predict(
 
 
 def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
-    from toolkit.artifacts import open_runner
+    from toolkit.artifacts import open_runner, read_info
+    from toolkit.artifacts.contract import CHECK_IMAGES, check_classifier, check_scores
     from toolkit.data import preprocess_images
     from toolkit.evaluate import top_k as rank_classes
 
+    info = read_info(model_path)
+    batch = preprocess_images(images, info.preprocessing)
+    # Its answers are what we print: is it a classifier, on these very images?
+    check_classifier(model_path, info, None if info.static_batch else batch[:CHECK_IMAGES], trust)
     runner = open_runner(model_path, device=device, trust=trust)
+    logits = runner(batch)
+    check_scores([logits], runner.info, len(images), str(model_path))
     pre = runner.info.preprocessing
-    logits = runner(preprocess_images(images, pre))
     classes = runner.info.classes
     return rank_classes(logits, classes, top_k), pre.channels, classes
 

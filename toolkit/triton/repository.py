@@ -30,6 +30,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.artifacts import detect_format, read_info
+from toolkit.artifacts.contract import check_classifier
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.artifacts.torchscript import check_forward
 from toolkit.choices import Backend, Format
@@ -312,6 +313,7 @@ def package_artifact(
     tensors = io_tensors(path, fmt, info, backend)
     if fmt == Format.TORCHSCRIPT:
         check_forward(path, info, options.trust)  # Triton will run this file
+    check_classifier(path, info, trust=options.trust)  # what Triton will serve, run once
     max_batch_size = _max_batch_size(path, tensors, info, options)
     if version is not None and not 1 <= version <= MAX_VERSION:
         raise DlkitError(f"--version must be a whole number from 1 to {MAX_VERSION}")
