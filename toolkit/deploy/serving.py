@@ -1,8 +1,9 @@
 """Deploy's last stages: package the selected variant (and the fp32 ONNX fallback) for
 Triton, then serve the repository on a real tritonserver and check its answers.
 
-`toolkit.triton` needs tritonclient, which a machine may lack (the GPU machine does): it is
-imported inside these functions, after `triton_missing` said it is there.
+tritonclient is a required dependency, but `benchmarks/gpu_check.sh` runs dlkit from the
+source tree on a machine that has none: `toolkit.triton` is imported inside these functions,
+after `triton_missing` said it is there.
 """
 
 from __future__ import annotations
@@ -30,16 +31,24 @@ def triton_missing() -> str:
     return ""
 
 
-def _backend() -> Backend:
+def _backend() -> tuple[Backend, str]:
     """native where the server has ONNX Runtime/PyTorch backends (the NGC image), python
-    for the pip-installed server (its only backend)."""
+    for the pip-installed server (its only backend); and why. With no tritonserver here,
+    native (what the NGC image serves), said in a warning: nothing here can serve it."""
     from toolkit.triton.server import find_tritonserver
 
     try:
         binary = find_tritonserver()
-    except DlkitError:
-        return Backend.NATIVE
-    return Backend.NATIVE if "onnxruntime" in binary.backends() else Backend.PYTHON
+    except DlkitError as exc:
+        why = (
+            f"no tritonserver here ({exc}); packaged for Triton's native backends, as the "
+            "NGC image serves them"
+        )
+        logger.warning("warning: %s", why)
+        return Backend.NATIVE, why
+    if "onnxruntime" in binary.backends():
+        return Backend.NATIVE, f"{binary.path} has the onnxruntime backend"
+    return Backend.PYTHON, f"{binary.path} has the python backend only"
 
 
 def _serving(model_dir: Path):
@@ -61,7 +70,7 @@ def package_stage(
     or backend is refused, naming the --name to use instead (one config serves them all)."""
     from toolkit.triton.repository import PackageOptions, package_artifact
 
-    backend = _backend()
+    backend, why = _backend()
     models = [(selected, config.name)]
     if fallback is not selected:
         models.append((fallback, f"{config.name}_fallback"))
@@ -73,7 +82,7 @@ def package_stage(
             result = package_artifact(variant.path, target, name, options=options)
             if target == Path(config.repo):
                 report.repository_changed = True
-            written.append(result.to_dict() | {"variant": variant.name})
+            written.append(result.to_dict() | {"variant": variant.name, "backend_reason": why})
         return written
 
     rehearse(Path(config.repo), package_into)
