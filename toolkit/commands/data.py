@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import json_option, print_json
+from toolkit.commands.output import finite, json_option, print_json
 
 
 @click.group()
@@ -14,7 +14,14 @@ def data() -> None:
 
 @data.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    callback=finite(0, 1, above=True),
+    help="Share of each class's images in val/.",
+)
 @json_option
 def digits(out: str, val_fraction: float, as_json: bool) -> None:
     """Write the embedded digits as an ImageFolder of PNGs: OUT/{train,val}/<digit>/*.png.

@@ -33,7 +33,7 @@ from toolkit.commands.output import finite, json_option, print_json
     type=float,
     default=1e-4,
     show_default=True,
-    callback=finite(0),
+    callback=finite(0, 1e6),
     help="Parity: absolute tolerance.",
 )
 @click.option(
@@ -41,7 +41,7 @@ from toolkit.commands.output import finite, json_option, print_json
     type=float,
     default=1e-3,
     show_default=True,
-    callback=finite(0),
+    callback=finite(0, 1e6),
     help="Parity: relative tolerance.",
 )
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
