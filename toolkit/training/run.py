@@ -76,8 +76,8 @@ def seed_everything(seed: int) -> None:
 def default_threads(local_processes: int = 1) -> int:
     """Intra-op threads per process unless told: half the usable cores, shared among this
     machine's processes, at least one. torch's default (every core) fights whatever else runs:
-    on the shared 2-core machine one thread trained 2.4-4.6x faster than two
-    (benchmarks/results/train_threads.md)."""
+    on the shared 2-core machine two threads trained 1.42x faster than one when nothing else
+    ran, but 2.7x slower beside one busy process (benchmarks/results/train_threads.md)."""
     return max(1, usable_cores() // (2 * local_processes))
 
 
