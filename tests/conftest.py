@@ -8,6 +8,7 @@ Factories are fixtures that return a function (`make_info`, `make_model`, `make_
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,24 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def folder_snapshot():
     return snapshot
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory of tiny tmpfs mounts (root only; skipped where mounting is not permitted)."""
+    mounts = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
+                              capture_output=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        # Lazily: torch.save keeps the failed file open (deleted) until the process exits.
+        subprocess.run(["umount", "--lazy", where], check=True)

@@ -576,27 +576,6 @@ def test_a_model_that_learns_nothing_is_flagged(dlkit, tmp_path, make_folder):
     assert "the model learnt nothing" in result.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A factory of tiny tmpfs mounts (root only; skipped where mounting is not permitted)."""
-    mounts = []
-
-    def mount(size: int) -> Path:
-        where = tmp_path / f"disk{len(mounts)}"
-        where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
-                              capture_output=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounts.append(where)
-        return where
-
-    yield mount
-    for where in mounts:
-        # Lazily: torch.save keeps the failed file open (deleted) until the process exits.
-        subprocess.run(["umount", "--lazy", where], check=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_is_one_clear_error_and_leaves_no_temporary_files(dlkit, tmp_path, small_disk):
     # Too small for the first checkpoint: nothing of the run is kept.

@@ -52,6 +52,7 @@ from toolkit.triton.configs import (
     serving_options,
     write_config,
 )
+from toolkit.triton.rollback import all_or_nothing, removed_if_left_empty
 
 BACKEND_SOURCES = Path(__file__).parent / "backend"
 MAX_VERSION = 2**31 - 1  # Triton parses version folders as int64; keep well inside
@@ -321,7 +322,8 @@ def package_artifact(
     files = {MODEL_FILES[fmt]: path}
     if backend == Backend.PYTHON:
         files["model.py"] = BACKEND_SOURCES / "classifier.py"
-    with repository_lock(repo):
+    models = [name, *(f"{name}{s}" for s in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX))]
+    with removed_if_left_empty(repo), repository_lock(repo), all_or_nothing(repo, models):
         if version is None:
             version = max(existing_versions(repo / name), default=0) + 1
             if version > MAX_VERSION:
