@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from toolkit.bench.results import BenchReport, BenchRow, Skip, agreement, rank
 from toolkit.choices import Device, Format
 from toolkit.devices import resolve_device
 from toolkit.errors import DlkitError
+from toolkit.files import private_folder
 from toolkit.log import logger
 from toolkit.training.models import create_model
 from toolkit.variants.build import Source, VariantSkipped, build_runner
@@ -85,7 +85,7 @@ def run_benchmark(
     if bool(artifacts) == bool(model):
         raise DlkitError("give either ARTIFACT paths or --model NAME (not both, not neither)")
     threads = threads or default_threads()
-    with tempfile.TemporaryDirectory(prefix="dlkit-bench-") as workdir:
+    with private_folder("dlkit-bench-") as workdir:
         jobs = plan_jobs(
             artifacts, model, variants, device, threads, Path(workdir),
             (channels, image_size, num_classes),

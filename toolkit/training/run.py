@@ -17,7 +17,9 @@ from toolkit.artifacts.metadata import ArtifactInfo, check_class_names
 from toolkit.data import Splits, dataset_labels, load_splits
 from toolkit.devices import cpu_info, native_bf16, resolve_device, usable_cores
 from toolkit.errors import DlkitError
+from toolkit.files import remove_leftovers
 from toolkit.log import logger
+from toolkit.processes import sigterm_interrupts
 from toolkit.training.config import TrainConfig
 from toolkit.training.distributed import DistEnv, join_group, leave_group
 from toolkit.training.loaders import create_loader
@@ -100,12 +102,15 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainSummary:
     run_dir = _run_dir(config, resume)
     if env.local_rank == 0:
         _warn_about_amp(config.amp, device)
+    if env.local_rank == 0 and run_dir.is_dir():
+        remove_leftovers(run_dir)  # checkpoints half-written by a run that was killed
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or default_threads(env.local_world_size))
     try:
-        if env.world_size > 1:
-            env, run_dir = join_group(env, device, run_dir)
-        return _train(config, ckpt, device, run_dir, env)
+        with sigterm_interrupts():  # SIGTERM stops as Ctrl-C does: last.pt kept, no temp file
+            if env.world_size > 1:
+                env, run_dir = join_group(env, device, run_dir)
+            return _train(config, ckpt, device, run_dir, env)
     except torch.OutOfMemoryError as exc:
         raise DlkitError(
             f"CUDA ran out of memory at batch size {config.batch_size}; lower --batch-size "

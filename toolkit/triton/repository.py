@@ -35,7 +35,7 @@ from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.artifacts.torchscript import check_forward
 from toolkit.choices import Backend, Format
 from toolkit.errors import DlkitError
-from toolkit.files import atomic_path, write_text
+from toolkit.files import atomic_path, remove_leftovers, write_text
 from toolkit.triton.configs import (
     CONFIG_FILE,
     DEFAULT_MAX_BATCH_SIZE,
@@ -52,7 +52,7 @@ from toolkit.triton.configs import (
     serving_options,
     write_config,
 )
-from toolkit.triton.rollback import all_or_nothing, removed_if_left_empty
+from toolkit.triton.rollback import all_or_nothing, check_inside, removed_if_left_empty
 
 BACKEND_SOURCES = Path(__file__).parent / "backend"
 MAX_VERSION = 2**31 - 1  # Triton parses version folders as int64; keep well inside
@@ -262,27 +262,11 @@ def repository_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]
         yield
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's, or not a pid: leave it alone
-    return True
-
-
 def _remove_leftovers(repo: Path) -> None:
     """Remove the temporary folders and files (`.NAME.tmp-PID`, from `atomic_path`) that a
     writer killed mid-write left in the repository; only those of processes that are gone."""
-    folders = [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]
-    for leftover in (p for folder in folders for p in folder.glob(".*.tmp-*")):
-        pid = leftover.name.rpartition(".tmp-")[2]
-        if pid.isdecimal() and not _running(int(pid)):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    for folder in [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        remove_leftovers(folder)
 
 
 def package_artifact(
@@ -323,6 +307,7 @@ def package_artifact(
     if backend == Backend.PYTHON:
         files["model.py"] = BACKEND_SOURCES / "classifier.py"
     models = [name, *(f"{name}{s}" for s in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX))]
+    check_inside(repo, models)
     with removed_if_left_empty(repo), repository_lock(repo), all_or_nothing(repo, models):
         if version is None:
             version = max(existing_versions(repo / name), default=0) + 1

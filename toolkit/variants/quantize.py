@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from toolkit.data import load_split
 from toolkit.devices import cpu_info
 from toolkit.errors import DlkitError
 from toolkit.evaluate import predict_dataset
-from toolkit.files import atomic_path, sha256_file
+from toolkit.files import atomic_path, private_folder, sha256_file
 from toolkit.variants.gate import AccuracyComparison, compare_with_baseline
 
 DEFAULT_CALIBRATION_SAMPLES = 256
@@ -106,7 +105,7 @@ def _preprocessed(src: str | os.PathLike) -> Iterator[Path]:
     optimisation, which also replaces the exporter's stale intermediate shapes."""
     from onnxruntime.quantization import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="dlkit-quant-") as tmp:
+    with private_folder("dlkit-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         yield prepared
