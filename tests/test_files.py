@@ -126,3 +126,156 @@ def test_atomic_path_turns_an_os_error_into_one_naming_the_target(tmp_path):
         tmp.write_text("half")
         raise OSError(28, "No space left on device")
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------ paths
+
+
+def _k8s_repo(root: Path) -> Path:
+    """A minimal model repository (one python-backend model) for `dlkit k8s`."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from toolkit.triton.configs import write_config
+
+    (root / "m" / "1").mkdir(parents=True)
+    write_config(mc.ModelConfig(name="m", backend="python"), root / "m" / "config.pbtxt")
+    return root
+
+
+def test_k8s_out_paths_that_cannot_be_written_are_refused_first(dlkit, tmp_path, monkeypatch):
+    repo = _k8s_repo(tmp_path / "repo")
+    (tmp_path / "work" / "sub").mkdir(parents=True)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "keep.txt").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    monkeypatch.chdir(tmp_path / "work" / "sub")
+    cases = {
+        ".": "holds the folder you are working in",
+        "..": "holds the folder you are working in",
+        str(tmp_path / "dangling"): "is a symbolic link; give the file or folder itself",
+        str(tmp_path / "link"): "is a symbolic link; give the file or folder itself",
+        "x" * 300: "is 300 bytes; file systems take 255 at most",
+        os.fsdecode(b"bad\xff"): r"b'bad\xff' is not UTF-8 text",
+    }
+    for out, message in cases.items():
+        for force in ([], ["--force"]):
+            result = dlkit("k8s", "--repo", repo, "--out", out, *force, expect=1)
+            assert result.output.startswith("Error: --out") and message in result.output, out
+            assert result.output.count("\n") == 1
+    assert os.listdir(tmp_path / "work" / "sub") == [] and os.listdir(tmp_path / "real") == [
+        "keep.txt"
+    ]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_package_never_writes_through_a_linked_model_folder(dlkit, onnx_file, tmp_path):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "repo" / "digits").symlink_to(tmp_path / "outside")
+    result = dlkit(
+        "package", onnx_file, "--repo", tmp_path / "repo", "--backend", "python", expect=1
+    )
+    assert f"{tmp_path / 'repo' / 'digits'} is a symbolic link" in result.output
+    assert os.listdir(tmp_path / "outside") == []
+    (tmp_path / "repo" / "digits").unlink()  # an ensemble folder linked away: refused too
+    (tmp_path / "repo" / "digits_ensemble").symlink_to(tmp_path / "outside")
+    args = ["package", onnx_file, "--repo", tmp_path / "repo", "--backend", "python"]
+    result = dlkit(*args, "--preprocess", expect=1)
+    assert "digits_ensemble is a symbolic link" in result.output
+    assert os.listdir(tmp_path / "outside") == [] and not (tmp_path / "repo" / "digits").exists()
+
+
+def test_predict_grid_never_replaces_a_file_unasked(dlkit, onnx_file, digits_dir, tmp_path):
+    image = next(iter(sorted((digits_dir / "val").rglob("*.png"))))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    result = dlkit("predict", onnx_file, image, "--grid", notes, expect=1)
+    assert result.output == f"Error: --grid {notes} exists; pass --force to replace it\n"
+    assert notes.read_text() == "my notes"
+    dlkit("predict", onnx_file, image, "--grid", notes, "--force")
+    assert notes.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_deploy_into_a_read_only_folder_is_one_error(dlkit, digits_checkpoint, tmp_path):
+    where = tmp_path / "ro"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=65536", "tmpfs", where],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        result = dlkit(
+            "deploy", digits_checkpoint, "--out", where / "run", "--repo", tmp_path / "repo",
+            "--no-smoke-test", expect=1,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "--lazy", where], check=True)
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "Read-only file system" in last, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "repo").exists()
+
+
+def test_serve_with_a_log_it_cannot_write_fails_at_once(dlkit, tmp_path, monkeypatch):
+    """--log-file /dev/full: tritonserver ran on, writing nowhere (over 60 s to notice)."""
+    import tempfile
+
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from toolkit.triton.configs import write_config
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "repo" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "1" / "model.py").write_text("")
+    write_config(
+        mc.ModelConfig(name="m", backend="python"), tmp_path / "repo" / "m" / "config.pbtxt"
+    )
+    ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    result = dlkit(
+        "serve", "--repo", tmp_path / "repo", *ports, "--log-file", "/dev/full", expect=1
+    )
+    assert result.output.strip().splitlines()[-1] == f"Error: cannot write /dev/full: {FULL}"
+    assert os.listdir(tmp_path / "tmp") == []  # the server's private folder is gone too
+
+
+# --------------------------------------------------------------------- leftovers of killed runs
+
+
+def _dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def test_private_folders_of_killed_runs_are_removed_by_the_next(tmp_path, monkeypatch):
+    """`/tmp/dlkit-quant-*` (tune, bench, ...) of a SIGKILLed run stayed forever."""
+    import tempfile
+
+    from toolkit import processes
+    from toolkit.files import private_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"dlkit-quant-{_dead_pid()}.12345-abcd"
+    live = tmp_path / f"dlkit-quant-{processes.tag()}-efgh"
+    legacy, other = tmp_path / "dlkit-quant-x1y2", tmp_path / f"dlkit-bench-{_dead_pid()}.1-ab"
+    for folder in (dead, live, legacy, other):
+        (folder / "model").mkdir(parents=True)
+    with private_folder("dlkit-quant-") as mine:
+        assert mine.is_dir() and mine.name.startswith(f"dlkit-quant-{processes.tag()}-")
+        assert not dead.exists() and live.exists() and legacy.exists() and other.exists()
+    assert not mine.exists()
+
+
+def test_leftovers_of_dead_writers_are_removed_and_of_live_ones_kept(tmp_path):
+    from toolkit.files import remove_leftovers
+
+    dead = tmp_path / f".best.pt.tmp-{_dead_pid()}"
+    dead.write_bytes(b"half")
+    (tmp_path / f".m.tmp-{_dead_pid()}").mkdir()
+    live = tmp_path / f".last.pt.tmp-{os.getpid()}"
+    live.write_bytes(b"being written")
+    removed = remove_leftovers(tmp_path)
+    assert len(removed) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

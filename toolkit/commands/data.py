@@ -29,8 +29,9 @@ def digits(out: str, val_fraction: float, as_json: bool) -> None:
     The split is the one `dlkit train --dataset digits` uses, so both train on the same images.
     """
     from toolkit.data import write_digits_folder
+    from toolkit.files import output_path
 
-    counts = write_digits_folder(out, val_fraction=val_fraction)
+    counts = write_digits_folder(output_path(out, "OUT"), val_fraction=val_fraction)
     if as_json:
         print_json({"path": out, **counts})
     else:

@@ -47,10 +47,11 @@ from toolkit.commands.output import (
     callback=finite(0, DAY_SECONDS, above=True),
     help="With --url: seconds each request may take before the server counts as not answering.",
 )
+@click.option("--force", is_flag=True, help="Replace the --grid file if it exists.")
 @trust_option
 @json_option
 def predict(
-    paths, top_k, device, grid, urls, served_model, protocol, timeout, trust, as_json
+    paths, top_k, device, grid, urls, served_model, protocol, timeout, force, trust, as_json
 ) -> None:
     """Classify images with MODEL: class names and probabilities.
 
@@ -60,7 +61,10 @@ def predict(
     """
     from toolkit.data import find_images
     from toolkit.errors import DlkitError
+    from toolkit.files import output_path
 
+    if grid and output_path(grid, "--grid").exists() and not force:
+        raise DlkitError(f"--grid {grid} exists; pass --force to replace it")
     if urls:
         images = find_images(paths)
         ranked, channels, model_path = _predict_served(

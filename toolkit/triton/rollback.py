@@ -1,16 +1,30 @@
-"""All or nothing for one `dlkit package` run: a classifier with its preprocessing model and
-ensemble is three model folders, each written atomically on its own, so a failure between
-them (a full disk) would leave a half package. `all_or_nothing` puts the folders back as they
-were."""
+"""What one `dlkit package` run may touch, and all or nothing of it: a classifier with its
+preprocessing model and ensemble is three model folders, each written atomically on its own,
+so a failure between them (a full disk) would leave a half package; `all_or_nothing` puts the
+folders back as they were. `check_inside` keeps every write inside the repository."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from toolkit.errors import DlkitError
 from toolkit.files import write_bytes
+
+
+def check_inside(repo: Path, models: list[str]) -> None:
+    """Refuse model folders that are symbolic links: a version written into one would land
+    wherever it points, outside the repository."""
+    for name in models:
+        folder = repo / name
+        if folder.is_symlink():
+            raise DlkitError(
+                f"{folder} is a symbolic link (to {os.readlink(folder)}); dlkit writes only inside "
+                f"the repository: replace the link with a folder, or package under another --name"
+            )
 
 
 @contextlib.contextmanager

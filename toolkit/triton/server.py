@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import DlkitError
+from toolkit.files import open_log
 from toolkit.triton import lifetime
 from toolkit.triton.client import TritonClient
 from toolkit.triton.plan import plan_repository
@@ -267,7 +268,11 @@ class TritonServer:
             backends_dir = _python_backend(self.workdir, self.binary)
             python_bin = _stub_python(self.workdir)
         log_path = self.log_file or self.workdir / "tritonserver.log"
-        output = None if self.stream_log else open(log_path, "ab")  # noqa: SIM115
+        try:
+            output = None if self.stream_log else open_log(log_path, "tritonserver starting")
+        except DlkitError:
+            self.stop()
+            raise
         try:
             self.process = subprocess.Popen(
                 self.command(backends_dir),
