@@ -44,6 +44,24 @@ def custom_domain(m):
     m.opset_import.append(helper.make_opsetid("com.evil", 1))
 
 
+def custom_in_a_branch(m):  # hidden in an If's subgraph, on the branch never taken
+    old = _through(m, "Identity")
+    m.graph.node.pop()
+    then = helper.make_graph(
+        [helper.make_node("Scramble", ["pre"], ["a"], domain="com.evil")], "then", [],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["pre"], ["b"])], "else", [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    m.graph.initializer.append(numpy_helper.from_array(np.array(False), "never"))
+    m.graph.node.append(
+        helper.make_node("If", ["never"], [old], then_branch=then, else_branch=other)
+    )
+    m.opset_import.append(helper.make_opsetid("com.evil", 1))
+
+
 def huge_image(m):
     for dim in m.graph.input[0].type.tensor_type.shape.dim[2:]:
         dim.dim_value = 60_000
@@ -86,6 +104,7 @@ def two_outputs(m):
 
 ONNX_CASES = {
     custom_domain: r"operators from a custom domain \(Scramble \(domain 'com\.evil'\)\)",
+    custom_in_a_branch: r"operators from a custom domain \(Scramble \(domain 'com\.evil'\)\)",
     huge_image: r"declares its input as \(\?, 1, 60000, 60000\), but its metadata says "
     r"\(N, 1, 16, 16\)",
     huge_batch: r"declares its input as \(1048576, 1, 16, 16\)",
@@ -152,6 +171,8 @@ class _Answer(torch.nn.Module):
             return y, y
         if self.kind == "list":
             return [y]
+        if self.kind == "dict":
+            return {"logits": y}
         if self.kind == "int64":
             return y.to(torch.int64)
         if self.kind == "float64":
@@ -168,6 +189,7 @@ class _Answer(torch.nn.Module):
 TORCHSCRIPT_CASES = {
     "tuple": r"answers 2 tensors; a classifier answers one",
     "list": r"answers a list, not a tensor of scores",
+    "dict": r"answers a dict, not a tensor of scores",
     "int64": r"answers int64 values; a classifier answers float32 scores",
     "float64": r"answers float64 values",
     "nan": r"answers NaN or infinite scores",

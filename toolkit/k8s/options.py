@@ -127,13 +127,12 @@ def _check_names(options: K8sOptions) -> None:
 
 def _check_sizes(options: K8sOptions) -> None:
     """Every size within what a node can give and an autoscaler can use."""
-    cpu = _quantity("--cpu", options.cpu, "500m or 2", MAX_CPUS, f"{MAX_CPUS} cores")
-    cpu_limit = _quantity(
-        "--cpu-limit", options.cpu_limit, "500m or 2", MAX_CPUS, f"{MAX_CPUS} cores"
-    )
+    cpus = (0.001, MAX_CPUS, f"from 1m to {MAX_CPUS} cores")  # Kubernetes counts in 1m
+    cpu = _quantity("--cpu", options.cpu, "500m or 2", *cpus)
+    cpu_limit = _quantity("--cpu-limit", options.cpu_limit, "500m or 2", *cpus)
     if cpu_limit < cpu:
         raise DlkitError(f"--cpu-limit {options.cpu_limit} is less than --cpu {options.cpu}")
-    _quantity("--memory", options.memory, "512Mi or 4Gi", MAX_MEMORY, "64Ti")
+    _quantity("--memory", options.memory, "512Mi or 4Gi", 1024.0**2, MAX_MEMORY, "from 1Mi to 64Ti")
     if not 0 <= options.gpus <= MAX_GPUS:
         raise DlkitError(f"--gpus must be from 0 to {MAX_GPUS} (got {options.gpus})")
     if not (math.isfinite(options.target_queue_ms) and 0 < options.target_queue_ms <= 60_000):
@@ -143,12 +142,12 @@ def _check_sizes(options: K8sOptions) -> None:
         raise DlkitError(f"--target-cpu must be from 1 to 1000 % (got {options.target_cpu})")
 
 
-def _quantity(option: str, value: str, example: str, high: float, shown: str) -> float:
-    """The value of a Kubernetes quantity (cores or bytes), more than 0 and at most `high`."""
+def _quantity(option: str, value: str, example: str, low: float, high: float, shown: str) -> float:
+    """The value of a Kubernetes quantity (cores or bytes), from `low` to `high`."""
     found = _QUANTITY.match(value)
     if not found:
         raise DlkitError(f"{option} {value!r} is not a Kubernetes quantity (e.g. {example})")
     amount = float(found.group(1)) * _SUFFIXES[found.group(3) or ""]
-    if not 0 < amount <= high:
-        raise DlkitError(f"{option} {value} must be more than 0 and at most {shown}")
+    if not low <= amount <= high:
+        raise DlkitError(f"{option} {value} must be {shown}")
     return amount
