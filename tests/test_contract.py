@@ -251,3 +251,17 @@ def test_every_runner_answer_meets_the_contract(exports, tmp_path):
     onnx.save(model, str(tmp_path / "nan.onnx"))
     with pytest.raises(DlkitError, match=f"NaN or infinite scores for {len(val)} of {len(val)}"):
         predict_dataset(open_runner(tmp_path / "nan.onnx"), val)
+
+
+def test_a_fixed_batch_nothing_can_allocate_is_refused_not_attempted(dlkit, exports, tmp_path):
+    """Metadata claiming a fixed batch of 10^9 images: the check's batch would need 1 TB."""
+    import shutil
+
+    from toolkit.artifacts.onnx import read_info as onnx_info
+    from toolkit.artifacts.onnx import write_info
+
+    crafted = tmp_path / "crafted.onnx"
+    shutil.copyfile(exports["onnx"], crafted)
+    write_info(crafted, onnx_info(crafted).derive(static_batch=10**9))
+    result = dlkit("eval", crafted, expect=1)
+    assert "a fixed batch of 1000000000 images of 1x16x16; at most 262144 fit in 1 GiB" in result.output

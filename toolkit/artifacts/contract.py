@@ -26,7 +26,7 @@ from toolkit.errors import DlkitError
 # Domains whose operators ONNX Runtime (and so Triton's onnxruntime backend) implements.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 CHECK_IMAGES = 8
-MAX_STATIC_BATCH = 65536  # Triton's largest batch, as `dlkit package` takes it
+CHECK_BYTES = 2**30  # the most input the check allocates (8 images of 3x4096x4096 are 1.5 GiB)
 RUN_SECONDS = 60.0  # for one batch of CHECK_IMAGES images; a classifier takes well under 1 s
 
 
@@ -44,11 +44,7 @@ def check_classifier(
     fmt = detect_format(path)
     if fmt not in (Format.ONNX, Format.TORCHSCRIPT):
         return
-    if info.static_batch is not None and not 1 <= info.static_batch <= MAX_STATIC_BATCH:
-        raise DlkitError(
-            f"{path}: its metadata gives a fixed batch of {info.static_batch} (at most "
-            f"{MAX_STATIC_BATCH} makes sense); export it again with `dlkit export`"
-        )
+    check_count(info, path)
     if batch is None:
         batch = sample_batch(info)
     if fmt == Format.ONNX:
@@ -87,6 +83,22 @@ def check_scores(outputs: Sequence[Any], info: ArtifactInfo, rows: int, who: str
         )
 
 
+def check_count(info: ArtifactInfo, who: str | os.PathLike = "the model") -> int:
+    """How many images the check runs: `CHECK_IMAGES` (fewer where they are huge), or the
+    model's fixed batch, which must fit in `CHECK_BYTES`: a batch nothing can allocate is
+    refused, not attempted."""
+    image = 4 * math.prod(info.preprocessing.input_shape)  # float32 bytes
+    if info.static_batch is None:
+        return max(1, min(CHECK_IMAGES, CHECK_BYTES // image))
+    if not 1 <= info.static_batch <= CHECK_BYTES // image:
+        shape = "x".join(map(str, info.preprocessing.input_shape))
+        raise DlkitError(
+            f"{who}: its metadata gives a fixed batch of {info.static_batch} images of {shape}; "
+            f"at most {CHECK_BYTES // image} fit in 1 GiB. Export it again with `dlkit export`"
+        )
+    return info.static_batch
+
+
 def sample_batch(info: ArtifactInfo) -> np.ndarray:
     """Real inputs: the first images of the model's validation data, or, when that is not on
     this machine, seeded random pictures through its preprocessing."""
@@ -99,15 +111,15 @@ def sample_batch(info: ArtifactInfo) -> np.ndarray:
     except DlkitError:
         pass
     pre = info.preprocessing
-    pixels = np.random.default_rng(0).random((info.static_batch or CHECK_IMAGES, *pre.input_shape))
+    pixels = np.random.default_rng(0).random((check_count(info), *pre.input_shape))
     mean, std = (np.asarray(v).reshape(-1, 1, 1) for v in (pre.mean, pre.std))
     return ((pixels - mean) / std).astype(np.float32)
 
 
 def first_images(dataset, info: ArtifactInfo) -> np.ndarray:
-    """A batch of a dataset's first images (`CHECK_IMAGES`, or the model's fixed batch, the
-    images repeated when there are fewer)."""
-    count = info.static_batch or CHECK_IMAGES
+    """A batch of a dataset's first images (`check_count` of them, repeated when there are
+    fewer)."""
+    count = check_count(info)
     images = [dataset[i][0].numpy() for i in range(min(count, len(dataset)))]
     return np.stack([images[i % len(images)] for i in range(count)]).astype(np.float32)
 
