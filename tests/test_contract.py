@@ -264,4 +264,7 @@ def test_a_fixed_batch_nothing_can_allocate_is_refused_not_attempted(dlkit, expo
     shutil.copyfile(exports["onnx"], crafted)
     write_info(crafted, onnx_info(crafted).derive(static_batch=10**9))
     result = dlkit("eval", crafted, expect=1)
-    assert "a fixed batch of 1000000000 images of 1x16x16; at most 262144 fit in 1 GiB" in result.output
+    assert (
+        f"{crafted}: its metadata gives a fixed batch of 1000000000 images of 1x16x16"
+        in result.output
+    )

@@ -116,10 +116,10 @@ def sample_batch(info: ArtifactInfo) -> np.ndarray:
     return ((pixels - mean) / std).astype(np.float32)
 
 
-def first_images(dataset, info: ArtifactInfo) -> np.ndarray:
+def first_images(dataset, info: ArtifactInfo, who: str | os.PathLike = "the model") -> np.ndarray:
     """A batch of a dataset's first images (`check_count` of them, repeated when there are
-    fewer)."""
-    count = check_count(info)
+    fewer) for the model `who`."""
+    count = check_count(info, who)
     images = [dataset[i][0].numpy() for i in range(min(count, len(dataset)))]
     return np.stack([images[i % len(images)] for i in range(count)]).astype(np.float32)
 

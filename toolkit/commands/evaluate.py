@@ -49,7 +49,7 @@ def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_jso
     split = split or "val"
     dataset_obj, classes = load_split(source, info.preprocessing, split)
     if len(dataset_obj):  # before any accuracy: is it a classifier, on these very images?
-        check_classifier(model_path, info, first_images(dataset_obj, info), trust)
+        check_classifier(model_path, info, first_images(dataset_obj, info, model_path), trust)
     runner = open_runner(model_path, device=device, trust=trust)
     click.get_current_context().call_on_close(runner.close)  # a served model's connections
     report = run_evaluation(runner, dataset_obj, batch_size, data_classes=classes)

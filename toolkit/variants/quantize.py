@@ -346,7 +346,9 @@ def quantize_artifact(
     val, _ = load_split(info.source, info.preprocessing, "val")
     if len(val) == 0:
         raise DlkitError(f"no validation images in {info.source.describe()} to measure accuracy")
-    check_classifier(source, info, first_images(val, info))  # before any accuracy is reported
+    check_classifier(
+        source, info, first_images(val, info, source)
+    )  # before any accuracy is reported
     calibration, extra = None, {}
     if mode == QuantizeMode.STATIC:
         calibration = calibration_samples(info, calib_samples, calib_data, dataset)
