@@ -367,14 +367,16 @@ class TritonServer:
         return self.process.wait()
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """Drain (unload every model, giving requests in flight up to `exit_timeout` seconds),
-        then SIGTERM the server, and SIGKILL what is left of it after `timeout` (default: 20 s);
-        idempotent. Returns the server's exit status."""
+        """Drain (unload every model, giving requests in flight up to `exit_timeout` seconds,
+        or `timeout` if less), then SIGTERM the server, and SIGKILL what is left of it after
+        `timeout` more (default: 20 s); idempotent. Returns the server's exit status."""
         process, self.process = self.process, None
         code = None
         if process is not None:
             if process.poll() is None:
-                self._drain()
+                self._drain(
+                    self.exit_timeout if timeout is None else min(timeout, self.exit_timeout)
+                )
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)  # the server alone: it stops its stubs
             try:
@@ -391,21 +393,22 @@ class TritonServer:
             self.workdir = None
         return code
 
-    def _drain(self) -> None:
-        """Unload every model through the repository API and wait, up to `exit_timeout`
-        seconds, until none is left: Triton refuses new requests to a model that is unloading
-        and finishes those in flight. A tritonserver that gets SIGTERM with python-backend
-        models still loaded exits through a path that crashed it (SIGSEGV) 1 time in 3 under
-        load; with none loaded it stops cleanly. A server that does not answer is left to the
-        signal."""
-        deadline = time.monotonic() + self.exit_timeout
-        with contextlib.suppress(DlkitError):
-            with TritonClient(f"http://{self.http_url}", timeout=5, retries=0) as client:
-                for name in self.plan.load:
-                    client.unload_model(name)
-            while time.monotonic() < deadline:
-                states = self.model_states()
-                if all(s["state"] not in _LOADED for s in states.values()):
+    def _drain(self, seconds: float) -> None:
+        """Unload every loaded model (those loaded later through the repository API too) and
+        wait, up to `seconds`, until none is left: Triton refuses new requests to a model
+        that is unloading and finishes those in flight. A tritonserver that gets SIGTERM with
+        python-backend models still loaded exits through a path that crashed it (SIGSEGV) 1
+        time in 3 under load; with none loaded it stops cleanly. A server that does not
+        answer is left to the signal."""
+        deadline = time.monotonic() + seconds
+        url, each = f"http://{self.http_url}", max(0.5, min(5.0, seconds))  # per call
+        with contextlib.suppress(DlkitError), TritonClient(url, timeout=each, retries=0) as client:
+            loaded = [m["name"] for m in client.repository_index() if m.get("state") in _LOADED]
+            for name in loaded:
+                client.unload_model(name)
+            while loaded and time.monotonic() < deadline:
+                index = client.repository_index()
+                if not any(m.get("state") in _LOADED for m in index):
                     return
                 time.sleep(0.1)
 
