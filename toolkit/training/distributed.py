@@ -109,7 +109,7 @@ def launch(
     nodes.check()
     with private_folder("dlkit-ddp-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"config": config, "resume": resume, "dir": tmp}))
+        job.write_text(json.dumps({"config": config, "resume": resume, "dir": str(tmp)}))
         cmd = [
             sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(nproc),
             "-m", "toolkit.training.worker", str(job),
