@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +399,24 @@ def _linear_onnx(path: Path, info: ArtifactInfo | None = None) -> Path:
 @pytest.fixture(scope="session")
 def make_linear_onnx():
     return _linear_onnx
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory of tiny tmpfs mounts (root only; skipped where mounting is not permitted)."""
+    mounts = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
+                              capture_output=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        # Lazily: torch.save keeps the failed file open (deleted) until the process exits.
+        subprocess.run(["umount", "--lazy", where], check=True)

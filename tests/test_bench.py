@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -107,11 +108,50 @@ def test_measure_config_rejects_nonsense(options, message):
         MeasureConfig(**options)
 
 
-def test_wall_clock_step_synchronizes_around_the_call():
-    calls = []
-    step = wall_clock_step(lambda: calls.append("run"), synchronize=lambda: calls.append("sync"))
-    assert step() >= 0
+def test_wall_clock_step_times_the_call_between_synchronizations():
+    calls, inside = [], {}
+
+    def run() -> None:
+        calls.append("run")
+        inside["start"] = time.perf_counter()
+        time.sleep(0.002)
+        inside["end"] = time.perf_counter()
+
+    step = wall_clock_step(run, synchronize=lambda: calls.append("sync"))
+    outside = time.perf_counter()
+    took = step()
+    outside = time.perf_counter() - outside
+    # The figure covers the whole call and nothing outside the step.
+    assert inside["end"] - inside["start"] <= took <= outside
     assert calls == ["sync", "run", "sync"]
+
+
+def test_the_load_generator_counts_and_names_every_failure():
+    """A request that raises something other than DlkitError (a bug, a library's own error)
+    is a failure like any other: counted, named, and the thread goes on sending."""
+    from toolkit.bench.load import ClosedLoop
+
+    calls = itertools.count()
+
+    def send() -> None:
+        n = next(calls)
+        time.sleep(0.001)
+        if n % 3 == 1:
+            raise ValueError(f"cannot decode answer {n}")
+        if n % 3 == 2:
+            raise DlkitError("Triton inference failed: model not ready")
+
+    with ClosedLoop(send, 5.0, 1, 2) as loop:
+        begin = loop.wait_until(loop.start)
+        level = loop.level(begin, loop.wait_until(begin + 0.3), begin)
+    assert level.requests > 10 and level.failures >= 2 * level.requests - 4
+    assert level.errors["Triton inference failed: model not ready"] > 5
+    assert any(k.startswith("ValueError: cannot decode answer") for k in level.errors)
+    # Every failure is in `errors`: the five commonest reasons, then the rest together.
+    assert sum(level.errors.values()) == level.failures and len(level.errors) == 6
+    assert level.errors["other reasons"] > 0
+    assert all(t.is_alive() is False for t in loop.threads)
+    assert level.to_dict()["errors"] == level.errors
 
 
 def test_harness_costs_under_one_percent_of_a_1ms_operation():

@@ -46,6 +46,84 @@ def test_user_error_is_one_line_without_traceback(dlkit, tmp_path):
     assert result.output == f"Error: model file not found: {tmp_path / 'missing.pt'}\n"
 
 
+def test_a_mistake_in_the_options_exits_2_with_its_error_line(dlkit):
+    """As the README says: click's usage convention, exit status 2, and an `Error:` line."""
+    result = dlkit("train", "--epochs", "zero", expect=2)
+    assert "Error: Invalid value for '--epochs': 'zero' is not a valid integer" in result.output
+    assert "Traceback" not in result.output
+
+
+HUGE = "1" + "0" * 23  # 1e23 written as an integer, which click reads as one
+
+
+def _repository(root):
+    """A minimal model repository (one python-backend model) for `dlkit k8s`."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from toolkit.triton.configs import write_config
+
+    (root / "m" / "1").mkdir(parents=True)
+    write_config(mc.ModelConfig(name="m", backend="python"), root / "m" / "config.pbtxt")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["train", "--seed", "-1"], "--seed"),
+        (["train", "--seed", "1e23"], "--seed"),
+        (["train", "--seed", str(2**32)], "--seed"),
+        (["train", "--warmup-epochs", "1e23"], "--warmup-epochs"),
+        (["tune", "--window-seconds", "1e23"], "--window-seconds"),
+        (["tune", "--concurrency", HUGE], "--concurrency"),
+        (["tune", "--concurrency", "1,4,2000"], "--concurrency"),
+        (["tune", "--budget-minutes", "1e23"], "--budget-minutes"),
+        (["tune", "--p99-ms", "inf"], "--p99-ms"),
+        (["deploy", "--bench-seconds", "1e23"], "--bench-seconds"),
+        (["deploy", "--tune-minutes", "1e23"], "--tune-minutes"),
+        (["deploy", "--batch-sizes", f"1,{HUGE}"], "--batch-sizes"),
+        (["bench", "--max-time", "1e23"], "--max-time"),
+        (["bench", "--min-time", "1e23"], "--min-time"),
+        (["bench", "--url", "127.0.0.1:1", "--concurrency", HUGE], "--concurrency"),
+        (["bench", "--url", "127.0.0.1:1", "--duration", "1e23"], "--duration"),
+        (["predict", "--timeout", "1e23", "a.onnx", "b.png"], "--timeout"),
+        (["serve", "--timeout", "1e23"], "--timeout"),
+        (["export", "x.pt", "--atol", "1e23"], "--atol"),
+        (["data", "digits", "out", "--val-fraction", "nan"], "--val-fraction"),
+    ],
+)
+def test_absurd_numbers_are_refused_before_anything_runs(dlkit, args, option):
+    result = dlkit(*args, expect=2)
+    assert f"Error: Invalid value for '{option}'" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--replicas", HUGE], "--replicas must be from 1 to 10000"),
+        (["--max-replicas", HUGE], "--max-replicas must be from 1 to 10000"),
+        (["--memory", HUGE], f"--memory {HUGE} must be from 1Mi to 64Ti"),
+        (["--memory", "0"], "--memory 0 must be from 1Mi to 64Ti"),
+        (["--memory", "0.5"], "--memory 0.5 must be from 1Mi to 64Ti"),
+        (["--cpu", "0.0001"], "--cpu 0.0001 must be from 1m to 1024 cores"),
+        (["--cpu", "100000"], "--cpu 100000 must be from 1m to 1024 cores"),
+        (["--cpu", "2", "--cpu-limit", "1"], "--cpu-limit 1 is less than --cpu 2"),
+        (["--gpus", "1000"], "--gpus must be from 0 to 64"),
+        (["--target-queue-ms", "nan"], "--target-queue-ms must be more than 0"),
+        (["--target-queue-ms", "inf"], "--target-queue-ms must be more than 0"),
+        (["--target-queue-ms", "1e23"], "--target-queue-ms must be more than 0"),
+        (["--target-cpu", "100000"], "--target-cpu must be from 1 to 1000"),
+    ],
+)
+def test_k8s_refuses_absurd_sizes_and_writes_nothing(dlkit, tmp_path, args, message):
+    repo = _repository(tmp_path / "repo")
+    result = dlkit("k8s", "--repo", repo, "--out", tmp_path / "k8s", *args, expect=1)
+    assert result.output == f"Error: {result.output.removeprefix('Error: ')}"
+    assert message in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "k8s").exists()
+
+
 def test_progress_goes_to_stderr_and_json_keeps_it_quiet(dlkit, digits_checkpoint, tmp_path):
     plain = dlkit("export", digits_checkpoint, "--onnx", "--out", tmp_path / "a")
     assert "onnx" in plain.stdout

@@ -106,6 +106,23 @@ def test_shared_memory(served, tiny_exports, protocol):
 
 
 @pytest.mark.slow
+def test_a_served_runner_closes_its_client(served):
+    """What a TritonRunner opened (here its shared-memory regions on the server) is released
+    when it is closed, as `with open_runner(url)` does."""
+    import tritonclient.grpc as grpcclient
+
+    raw = grpcclient.InferenceServerClient(served.grpc)
+    try:
+        with open_runner(f"grpc://{served.grpc}/tiny", shared_memory=True) as runner:
+            runner(np.zeros((2, 1, 16, 16), np.float32))
+            assert raw.get_system_shared_memory_status(as_json=True).get("regions")
+        assert not raw.get_system_shared_memory_status(as_json=True).get("regions")
+        runner.close()  # twice is harmless
+    finally:
+        raw.close()
+
+
+@pytest.mark.slow
 def test_eight_concurrent_clients(served, tiny_exports):
     rng = np.random.default_rng(4)
     batches = [rng.standard_normal((1 + i % 3, 1, 16, 16)).astype(np.float32) for i in range(50)]
@@ -167,6 +184,72 @@ def test_mistakes_give_clear_errors_and_the_server_stays_up(served):
         raw.close()
         assert client.is_ready("tiny")
         assert client.infer("tiny", good).shape == (2, 10)
+
+
+def _raw_infer(protocol: str, url: str, model: str, batch: np.ndarray, name: str = "input"):
+    """One request through tritonclient itself: no dlkit check on the way."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    module = grpcclient if protocol == "grpc" else httpclient
+    client = module.InferenceServerClient(url)
+    try:
+        tensor = module.InferInput(name, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        return client.infer(model, [tensor]).as_numpy("logits")
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_served_models_refuse_non_finite_inputs_and_stay_up(served, protocol):
+    """Raw tritonclient, past every client check: the python-backend model refuses NaN, ±inf
+    and mixed batches with Triton's error, request by request, and answers the next one."""
+    from tritonclient.utils import InferenceServerException
+
+    url = served.grpc if protocol == "grpc" else served.http
+    good = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32)
+    for model in ("tiny", "tiny_ts"):
+        expected = _raw_infer(protocol, url, model, good)
+        poisons = {"nan": [np.nan], "inf": [np.inf], "-inf": [-np.inf], "mixed": [np.inf, -np.inf]}
+        for what, values in poisons.items():
+            poisoned = good.copy()
+            for i, value in enumerate(values):
+                poisoned[i, 0, 3, 4] = value
+            with pytest.raises(InferenceServerException, match="NaN or infinite values") as caught:
+                _raw_infer(protocol, url, model, poisoned)
+            assert "Traceback" not in str(caught.value), what
+        np.testing.assert_array_equal(_raw_infer(protocol, url, model, good), expected)
+    with TritonClient(served.grpc) as client:
+        assert client.is_ready("tiny") and client.is_ready("tiny_ts")
+
+
+@pytest.mark.slow
+def test_a_poisoned_request_in_a_dynamic_batch_fails_alone(served):
+    """Requests batched together: the one with NaN is refused, the others are answered."""
+    from tritonclient.utils import InferenceServerException
+
+    good = np.random.default_rng(1).standard_normal((1, 1, 16, 16)).astype(np.float32)
+    expected = _raw_infer("grpc", served.grpc, "tiny", good)
+    poisoned = good.copy()
+    poisoned[0, 0, 0, 0] = np.nan
+    outcomes: dict[int, object] = {}
+
+    def send(i: int) -> None:
+        try:
+            outcomes[i] = _raw_infer("grpc", served.grpc, "tiny", poisoned if i == 0 else good)
+        except InferenceServerException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert "NaN or infinite values" in str(outcomes[0])
+    for i in range(1, 8):
+        np.testing.assert_array_equal(outcomes[i], expected)
 
 
 @pytest.mark.slow

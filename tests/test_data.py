@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,19 @@ def test_a_class_folder_named_with_a_control_character_is_named(tmp_path, make_f
     with pytest.raises(DlkitError, match="newline or control character") as error:
         scan_image_folder(root)
     assert repr(str(root / name)) in str(error.value)
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_before_training(
+    dlkit, tmp_path, make_folder
+):
+    """It trained and exported, then `package` died in UnicodeEncodeError writing labels."""
+    name = os.fsdecode(b"caf\xe9")  # Latin-1 bytes, as an old archive may hold
+    root = make_folder(tmp_path / "data", classes=("ok", name), per_class=2)
+    with pytest.raises(DlkitError, match=r"has a name that is not UTF-8 text \(b'caf\\xe9'\)"):
+        scan_image_folder(root)
+    result = dlkit("train", "--data", root, "--epochs", "1", "--out", tmp_path / "run", expect=1)
+    assert result.output.startswith("Error: class folder ") and "rename it" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_exif_orientation_is_applied(tmp_path, make_exif_jpegs):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,12 +86,17 @@ def test_deploy_packages_the_selected_variant_and_reuses_on_rerun(tiny_run, tmp_
         assert (run / name).is_file(), name
     assert "| onnx-int8-static" in (run / "report.md").read_text()
     assert not any(v["reused"] for v in first["variants"])
+    files = {v["name"]: Path(v["path"]) for v in first["variants"] if v.get("path")}
+    written = {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in files.items()}
 
     second = deploy(quick(tiny_run, tmp_path)).to_dict()
     reused = {v["name"]: v["reused"] for v in second["variants"]}
     assert all(reused[n] for n in ("onnx-fp32", "torchscript-fp32", "onnx-int8-static"))
     assert all(reused[n] for n in ("openvino-fp32", "openvino-int8"))
-    assert second["stage_seconds"]["build"] < first["stage_seconds"]["build"]
+    # Reused means the verified files themselves: not one of them was written again.
+    for name in ("onnx-fp32", "torchscript-fp32", "onnx-int8-static"):
+        path = files[name]
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == written[name], name
     assert (tmp_path / "repo" / "classifier" / "2").is_dir()  # a new version, the old one kept
 
 
@@ -266,3 +274,27 @@ def test_the_report_names_the_figures_that_did_not_settle(tmp_path):
         "did not settle, marked !" in format_markdown(report)
     )
     assert report.to_dict()["unsettled_figures"] == named
+
+
+def test_with_no_tritonserver_deploy_says_which_backend_it_packages_for(tmp_path):
+    """No server found is not a silent guess: the warning says what was chosen and why."""
+    repo = Path(__file__).resolve().parent.parent
+    code = (
+        "from toolkit.log import configure_logging\n"
+        "from toolkit.deploy.selection import VariantReport\n"
+        "from toolkit.deploy.serving import _backend\n"
+        "configure_logging(0)\n"
+        "backend, why = _backend(VariantReport('onnx-fp32', 'onnx', 'fp32', 0))\n"
+        "print(backend, '|', why)\n"
+    )
+    env = os.environ | {
+        "PYTHONPATH": f"{repo / 'benchmarks' / 'hide_modules'}{os.pathsep}{repo}",
+        "DLKIT_HIDE_MODULES": "pytriton",
+        "PATH": str(tmp_path),  # no tritonserver on it
+    }
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    backend, _, why = done.stdout.strip().partition(" | ")
+    assert backend == "native" and why.startswith("no tritonserver here (tritonserver not found")
+    assert "packaged for Triton's native backends" in why
+    assert f"warning: {why}" in done.stderr

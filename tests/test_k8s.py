@@ -312,7 +312,7 @@ def test_force_replaces_the_folder_whole_and_a_refusal_leaves_it(dlkit, tmp_path
     result = dlkit("k8s", "--repo", repo, "--out", out, expect=1)
     assert result.output == f"Error: {out} exists and is not empty; pass --force to replace it\n"
     result = dlkit("k8s", "--repo", repo, "--out", out, "--force", "--replicas", "0", expect=1)
-    assert result.output == "Error: --replicas must be at least 1 (got 0)\n"
+    assert result.output == "Error: --replicas must be from 1 to 10000 (got 0)\n"
     assert {p.name: p.read_text() for p in out.iterdir()} == before
     dlkit("k8s", "--repo", repo, "--out", out, "--force", "--namespace", "serving")
     assert not (out / "stale.yaml").exists()
@@ -323,15 +323,15 @@ def test_force_replaces_the_folder_whole_and_a_refusal_leaves_it(dlkit, tmp_path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--replicas", "0"], "--replicas must be at least 1 (got 0)"),
-        (["--max-replicas", "0"], "--max-replicas must be at least 1 (got 0)"),
+        (["--replicas", "0"], "--replicas must be from 1 to 10000 (got 0)"),
+        (["--max-replicas", "0"], "--max-replicas must be from 1 to 10000 (got 0)"),
         (
             ["--min-replicas", "5", "--max-replicas", "2"],
             "--min-replicas 5 is more than --max-replicas 2",
         ),
         (["--replicas", "6", "--max-replicas", "4"], "--replicas 6 is more than --max-replicas 4"),
         (["--replicas", "1", "--min-replicas", "2"], "--replicas 1 is less than --min-replicas 2"),
-        (["--gpus", "-1"], "--gpus must be 0 or more (got -1)"),
+        (["--gpus", "-1"], "--gpus must be from 0 to 64 (got -1)"),
         (
             ["--model-store", "nfs://server/models"],
             "unknown --model-store 'nfs://server/models': use image, pvc:NAME, "

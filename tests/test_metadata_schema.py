@@ -108,14 +108,14 @@ def test_fewer_class_names_than_scores_is_refused_where_the_model_opens(
     for command in (["eval", path], ["predict", path, digit_images[0], "--top-k", "9"]):
         result = dlkit(*command, expect=1)
         assert result.output.startswith("Error:"), result.output
-        assert "but its metadata lists 7 classes" in result.output, result.output
+        assert "its metadata lists 7 classes" in result.output, result.output
     scripted = tmp_path / "m.torchscript.pt"
     with jit_deprecation_silenced():
         module = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)))
         extra = {EXTRA_FILE: json.dumps(stored | {"classes": seven})}
         torch.jit.save(module, str(scripted), _extra_files=extra)
     result = dlkit("predict", scripted, digit_images[0], "--top-k", "9", expect=1)
-    assert "answers (1, 10) for a batch of 1, but its metadata lists 7 classes" in result.output
+    assert "answers shape (1, 10) for 1 images; its metadata lists 7 classes" in result.output
 
 
 def test_a_checkpoint_without_weights_is_one_error(dlkit, tmp_path, make_checkpoint):

@@ -8,9 +8,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -599,27 +601,6 @@ def test_a_model_that_learns_nothing_is_flagged(dlkit, tmp_path, make_folder):
     assert "the model learnt nothing" in result.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A factory of tiny tmpfs mounts (root only; skipped where mounting is not permitted)."""
-    mounts = []
-
-    def mount(size: int) -> Path:
-        where = tmp_path / f"disk{len(mounts)}"
-        where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", where],
-                              capture_output=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounts.append(where)
-        return where
-
-    yield mount
-    for where in mounts:
-        # Lazily: torch.save keeps the failed file open (deleted) until the process exits.
-        subprocess.run(["umount", "--lazy", where], check=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_is_one_clear_error_and_leaves_no_temporary_files(dlkit, tmp_path, small_disk):
     # Too small for the first checkpoint: nothing of the run is kept.
@@ -777,3 +758,67 @@ def test_ctrl_c_before_the_first_epoch_is_saved_keeps_nothing(dlkit, tmp_path, m
         result.output == "Error: interrupted before the first epoch was saved; nothing was kept\n"
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_as_ctrl_c_does_and_resume_ends_the_same(dlkit, tmp_path):
+    """SIGTERM (a scheduler's stop) ended the run at once (exit -15) with last.pt and no
+    best.pt; now it is handled like Ctrl-C: the epoch being saved is saved whole, and resuming
+    ends with the weights of an uninterrupted run."""
+    args = [*quick("--epochs", "4", "--seed", "3", "--quiet")]
+    straight = dlkit.json("train", *args, "--out", tmp_path / "straight")
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "toolkit", "train", *quick("--epochs", "4", "--seed", "3")]
+    lines = []
+    with subprocess.Popen(
+        [*command, "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    ) as process:
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith("epoch   2"):  # epoch 1 is saved by then
+                process.send_signal(signal.SIGTERM)
+                break
+        lines += process.stderr.readlines()
+    assert process.returncode == 1, "".join(lines)
+    last = out / "last.pt"
+    assert lines[-1] == (
+        f"Error: interrupted; {last} holds the last finished epoch: continue with "
+        f"`dlkit train --resume {last}`\n"
+    )
+    assert {"best.pt", "last.pt"} <= {p.name for p in out.iterdir()}
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    resumed = dlkit.json("train", "--resume", last, "--quiet")
+    assert resumed["epochs_total"] == 4
+    assert_same_weights(
+        weights_of(straight["last_checkpoint"]), weights_of(resumed["last_checkpoint"])
+    )
+
+
+def test_a_signal_while_an_epoch_is_saved_waits_for_the_save():
+    from toolkit.processes import interrupts_held, sigterm_interrupts
+
+    written = []
+    with sigterm_interrupts():
+        with pytest.raises(KeyboardInterrupt), interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("last.pt")  # still runs: the signal waits
+            written.append("best.pt")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted long before
+    assert written == ["last.pt", "best.pt"]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_removes_what_a_killed_one_half_wrote(dlkit, tmp_path):
+    """SIGKILL leaves `.best.pt.tmp-PID` behind; the next run in that folder removes those of
+    dead processes (and keeps those of live ones)."""
+    dlkit("train", *quick("--epochs", "1", "--quiet"), "--out", tmp_path / "r")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / "r" / f".best.pt.tmp-{gone.pid}"
+    dead.write_bytes(b"half a checkpoint")
+    live = tmp_path / "r" / f".last.pt.tmp-{os.getppid()}"
+    live.write_bytes(b"another writer's")
+    dlkit("train", "--resume", tmp_path / "r" / "last.pt", "--epochs", "2", "--quiet")
+    assert not dead.exists() and live.exists()

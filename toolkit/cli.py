@@ -11,7 +11,7 @@ import importlib
 import click
 
 from toolkit import __version__
-from toolkit.errors import DlkitError, user_message
+from toolkit.errors import DlkitError, os_error_message, user_message
 from toolkit.log import configure_logging
 
 # name -> "module:attribute"; the order is the order `dlkit --help` lists them in.
@@ -32,8 +32,8 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    """A group that imports a subcommand's module on first use and turns DlkitError into a
-    one-line message with exit status 1."""
+    """A group that imports a subcommand's module on first use and turns DlkitError (and an
+    operating-system error nothing caught) into a one-line message with exit status 1."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -50,6 +50,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except DlkitError as exc:
             raise click.ClickException(user_message(exc)) from None
+        except OSError as exc:  # the machine's, not dlkit's: a full disk, a read-only folder
+            raise click.ClickException(os_error_message(exc)) from None
 
 
 @click.group(cls=LazyGroup)

@@ -197,6 +197,12 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[tuple[str, int]], l
                 f"class folder {str(root / name)!r} has a newline or control character in its "
                 "name; class names end up one per line in labels files: rename it"
             )
+        if any(unicodedata.category(ch) == "Cs" for ch in name):  # bytes that are not UTF-8
+            raise DlkitError(
+                f"class folder {root / os.fsencode(name).decode('utf-8', 'replace')} has a name "
+                f"that is not UTF-8 text ({os.fsencode(name)!r}); class names go into model "
+                "metadata and Triton's labels: rename it"
+            )
     samples = []
     for label, name in enumerate(classes):
         files = sorted(

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from toolkit.artifacts.contract import check_scores
 from toolkit.artifacts.runner import Runner
 from toolkit.errors import DlkitError
 
@@ -20,7 +21,9 @@ def predict_dataset(
     for x, y in DataLoader(dataset, batch_size=batch_size):
         logits.append(runner(x.numpy()))
         labels.append(y.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
+    logits = np.concatenate(logits)
+    check_scores([logits], runner.info, len(logits), f"the {runner.name} model")
+    return logits, np.concatenate(labels)
 
 
 def classification_report(

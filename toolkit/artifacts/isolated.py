@@ -124,6 +124,8 @@ class _Child:
             ) from None
         if kind == "error":
             raise DlkitError(payload)
+        if kind == "oserror":
+            raise OSError(*payload)
         return payload
 
 
@@ -153,9 +155,11 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
-def _error(exc: BaseException) -> tuple[str, str]:
+def _error(exc: BaseException) -> tuple[str, Any]:
     if isinstance(exc, DlkitError):
         return "error", str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:  # a full disk, say: the parent
+        return "oserror", (exc.errno, exc.strerror)  # names the file it was writing
     return "error", f"{type(exc).__name__}: {first_line(exc)}"
 
 

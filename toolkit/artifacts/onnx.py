@@ -111,6 +111,11 @@ def export(
                 verbose=False,
             )
     except Exception as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # the file system's (a full disk), not the model's: said as such
+            raise cause from exc
         raise DlkitError(
             f"ONNX export of {info.model.name} failed: {exporter_failure(exc)}. "
             "The TorchScript export (--torchscript) may still work."

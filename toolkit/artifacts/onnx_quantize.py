@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.choices import CalibrationMethod, QuantizeMode
 from toolkit.cpu import cpu_features, int8_types
 from toolkit.errors import DlkitError
+from toolkit.files import private_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,7 +34,7 @@ def _preprocessed(src: str | os.PathLike) -> Iterator[Path]:
     optimisation, which also replaces the exporter's stale intermediate shapes."""
     from onnxruntime.quantization import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="dlkit-quant-") as tmp:
+    with private_folder("dlkit-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         yield prepared

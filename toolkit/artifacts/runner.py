@@ -38,6 +38,15 @@ class Runner:
         copies (`dlkit bench --device cuda`'s device time); None where a backend has none."""
         return None
 
+    def close(self) -> None:
+        """Release what the runner holds open (a served model's connections); idempotent."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def check_input(self, batch: np.ndarray) -> None:
         """Refuse what the model would reject or answer with nonsense: another shape, a
         non-float dtype, an empty batch, NaN or infinite values."""

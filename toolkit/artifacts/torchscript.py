@@ -162,7 +162,11 @@ def export(model, info: ArtifactInfo, path: str | os.PathLike, example) -> dict[
                         f"both failed ({first_line(exc)}). The ONNX export (--onnx) may still work."
                     ) from exc
         frozen = torch.jit.freeze(module.eval())
-        torch.jit.save(frozen, str(path), _extra_files={EXTRA_FILE: info.to_json()})
+        # Into memory first: torch.jit.save aborts the whole process (a C++ exception out of
+        # a destructor) when the disk fills under it; Python's own write raises OSError.
+        buffer = io.BytesIO()
+        torch.jit.save(frozen, buffer, _extra_files={EXTRA_FILE: info.to_json()})
+    Path(path).write_bytes(buffer.getbuffer())
     return {"method": method}
 
 

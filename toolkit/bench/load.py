@@ -10,6 +10,7 @@ takes from the machine.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import math
@@ -27,10 +28,12 @@ from tritonclient.utils import triton_to_np_dtype
 from toolkit.bench.harness import LATENCY_KEYS, latency_stats, relative_spread
 from toolkit.choices import Protocol
 from toolkit.errors import DlkitError
+from toolkit.log import logger
 from toolkit.triton.client import ServedModel, TritonClient
 from toolkit.triton.sender import PreparedRequest
 
 Send = Callable[[], object]
+MAX_REASONS = 5  # distinct failure reasons a level names; the others are counted together
 
 
 @dataclass
@@ -39,7 +42,8 @@ class ServingLevel:
     time), images/s, latency (ms), and the cores the load generator's process used
     (`client_cpu`: its CPU seconds over the wall time). With stability windows, how many
     were taken, whether the last ones agreed, their throughputs' relative range, and the
-    cores the server used (`server_cpu`, where a probe could tell)."""
+    cores the server used (`server_cpu`, where a probe could tell). `errors` says what the
+    failures were: each reason (first line) with its count."""
 
     concurrency: int
     batch_size: int
@@ -54,6 +58,7 @@ class ServingLevel:
     stable: bool | None = None
     spread: float | None = None
     server_cpu: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
     timings: list[float] = field(default_factory=list, repr=False)  # seconds, not in to_dict
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,18 +210,17 @@ def measure_interleaved_levels(
 
 def _warm_up(
     send: Send, timeout: float, concurrency: int, windows: LoadWindows
-) -> tuple[list[bool], float]:
+) -> tuple[list[tuple[bool, str]], float]:
     """Load not measured, for `windows.warmup` seconds and until every thread has had two
-    answers (or the request timeout has passed): its failures (True for a timeout), which
-    still count, and the median time a request took."""
+    answers (or the request timeout has passed): its failures (`(late, reason)`, late for a
+    timeout), which still count, and the median time a request took."""
     with ClosedLoop(send, timeout, 1, concurrency) as loop:
         moment = loop.wait_until(loop.start + windows.warmup)
         while sum(map(len, loop.done)) < 2 * concurrency and moment < loop.start + timeout:
             moment = loop.wait_until(moment + windows.warmup)
     took = [d for done in loop.done for _, d in done]
-    return [late for failed in loop.failed for _, late in failed], (
-        statistics.median(took) if took else timeout
-    )
+    failed = [(late, why) for failed in loop.failed for _, late, why in failed]
+    return failed, statistics.median(took) if took else timeout
 
 
 def _settled(levels: list[ServingLevel], windows: LoadWindows) -> bool:
@@ -226,7 +230,10 @@ def _settled(levels: list[ServingLevel], windows: LoadWindows) -> bool:
 
 
 def _combine(
-    levels: list[ServingLevel], busy: list[float], windows: LoadWindows, warm: list[bool]
+    levels: list[ServingLevel],
+    busy: list[float],
+    windows: LoadWindows,
+    warm: list[tuple[bool, str]],
 ) -> ServingLevel:
     """One level from a model's windows: figures from the last compared, failures from all
     (and from its warm-up, `warm`)."""
@@ -242,13 +249,25 @@ def _combine(
         throughput=sum(lv.requests for lv in recent) * recent[0].batch_size / seconds,
         latency_ms=latency_stats(timings) if timings else dict.fromkeys(LATENCY_KEYS, math.nan),
         seconds=seconds,
-        timeouts=sum(lv.timeouts for lv in levels) + sum(warm),
+        timeouts=sum(lv.timeouts for lv in levels) + sum(late for late, _ in warm),
         client_cpu=sum(lv.client_cpu * lv.seconds for lv in recent) / seconds,
         windows=len(levels),
         stable=len(rates) == windows.windows and relative_spread(rates) <= windows.tolerance,
         spread=relative_spread(rates),
         server_cpu=sum(busy[-windows.windows :]) / len(recent) if busy else None,
+        errors=_reasons([(0.0, late, why) for late, why in warm], 0.0, levels),
     )
+
+
+def _reasons(failed, since: float, levels: Sequence[ServingLevel] = ()) -> dict[str, int]:
+    """Failures `(when, late, reason)` since `since`, with those of `levels`, counted by
+    reason: the commonest `MAX_REASONS`, the rest as one "other" entry."""
+    counts = collections.Counter(why for t, _, why in failed if t >= since)
+    for level in levels:
+        counts.update(level.errors)
+    top = dict(counts.most_common(MAX_REASONS))
+    rest = sum(counts.values()) - sum(top.values())
+    return top | ({"other reasons": rest} if rest else {})
 
 
 class ClosedLoop:
@@ -261,7 +280,8 @@ class ClosedLoop:
             raise DlkitError(f"concurrency must be at least 1, got {concurrency}")
         self.send, self.timeout, self.batch_size = send, timeout, batch_size
         self.done: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
-        self.failed: list[list[tuple[float, bool]]] = [[] for _ in range(concurrency)]
+        self.failed: list[list[tuple[float, bool, str]]] = [[] for _ in range(concurrency)]
+        self.unexpected = threading.Event()  # set once one was logged
         self.cpu: dict[float, float] = {}
         self.stop = threading.Event()
         self.threads = [
@@ -274,12 +294,22 @@ class ClosedLoop:
             start = time.perf_counter()
             try:
                 self.send()
-            except DlkitError:
+            except Exception as exc:  # every failure counts, whatever raised it
                 now = time.perf_counter()
-                failed.append((now, now - start >= timeout))
+                failed.append((now, now - start >= timeout, self._reason(exc)))
                 continue
             now = time.perf_counter()
             done.append((now, now - start))
+
+    def _reason(self, exc: Exception) -> str:
+        lines = str(exc).strip().splitlines()
+        text = (lines[0] if lines else "")[:200]
+        if isinstance(exc, DlkitError):
+            return text
+        if not self.unexpected.is_set():  # not the server's answer: a bug here, say it once
+            self.unexpected.set()
+            logger.warning("warning: the load generator's request failed: %r", exc)
+        return f"{type(exc).__name__}: {text}"
 
     def __enter__(self) -> ClosedLoop:
         self.start = time.perf_counter()
@@ -303,9 +333,8 @@ class ClosedLoop:
         """The figures of the requests that ended in [begin, end) (both moments passed to
         `wait_until`); failures since `failures_since`."""
         timings = [d for done in self.done for t, d in list(done) if begin <= t < end]
-        failures = [
-            late for failed in self.failed for t, late in list(failed) if t >= failures_since
-        ]
+        failed = [f for failed in self.failed for f in list(failed)]
+        failures = [late for t, late, _ in failed if t >= failures_since]
         return ServingLevel(
             concurrency=len(self.threads),
             batch_size=self.batch_size,
@@ -316,5 +345,6 @@ class ClosedLoop:
             seconds=end - begin,
             timeouts=sum(failures),
             client_cpu=(self.cpu[end] - self.cpu[begin]) / (end - begin),
+            errors=_reasons(failed, failures_since),
             timings=timings,
         )

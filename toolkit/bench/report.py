@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.bench.results import BenchReport, BenchRow
-from toolkit.files import write_json, write_text
+from toolkit.files import atomic_path, write_json, write_text
 from toolkit.plots import plot_bench
 from toolkit.tables import Column, render_markdown, render_text
 from toolkit.variants.registry import variants
@@ -203,10 +203,13 @@ def format_markdown(report: BenchReport) -> str:
 def write_report(
     report: BenchReport, out_dir: str | os.PathLike, stem: str = "bench"
 ) -> list[Path]:
-    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `out_dir`; returns their paths."""
+    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into `out_dir`, all or none (each is
+    written to a temporary name first; a full disk leaves the folder as it was); returns
+    their paths."""
     out = Path(out_dir)
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
-    write_json(paths[0], report.to_dict())
-    write_text(paths[1], format_markdown(report))
-    plot_bench(report, paths[2])
+    with atomic_path(paths[0]) as data, atomic_path(paths[1]) as text, atomic_path(paths[2]) as png:
+        write_json(data, report.to_dict())
+        write_text(text, format_markdown(report))
+        plot_bench(report, png)
     return paths

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from toolkit.commands.output import (
+    DAY_SECONDS,
+    concurrency_levels,
     finite,
     json_option,
     model_timeout_option,
@@ -67,7 +69,7 @@ from toolkit.variants.registry import default_variants, variants
 @click.option(
     "--min-time",
     type=float,
-    callback=finite(0),
+    callback=finite(0, 3600),
     help="Seconds per measurement window (default 0.5, at least 5 iterations).",
 )
 @click.option(
@@ -90,7 +92,7 @@ from toolkit.variants.registry import default_variants, variants
     type=float,
     default=30.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, DAY_SECONDS, above=True),
     help="Seconds of measurement per batch size, all variants together: rounds stop when "
     "it is spent, and the figures not settled then are marked unstable.",
 )
@@ -107,7 +109,7 @@ from toolkit.variants.registry import default_variants, variants
     "--concurrency",
     default="1,4,16",
     show_default=True,
-    callback=positive_ints,
+    callback=concurrency_levels,
     help="With --url: concurrent clients.",
 )
 @click.option(
@@ -115,7 +117,7 @@ from toolkit.variants.registry import default_variants, variants
     type=float,
     default=5.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, DAY_SECONDS, above=True),
     help="With --url: seconds per concurrency level.",
 )
 @model_timeout_option
@@ -232,3 +234,6 @@ def _bench_serving(urls, model, concurrency, batch_sizes, duration, as_json) -> 
         Column("failures", lambda r: str(r["failures"])),
     ]
     click.echo("\n".join(render_text(columns, rows)))
+    for r in rows:  # what each failure was, not only how many
+        for why, count in r["errors"].items():
+            click.echo(f"batch {r['batch_size']}, {r['concurrency']} clients: {count} x {why}")

@@ -77,7 +77,7 @@ from toolkit.commands.output import (
     type=float,
     default=0.5,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, 3600, above=True),
     help="Seconds per benchmark window.",
 )
 @click.option(
@@ -100,7 +100,7 @@ from toolkit.commands.output import (
     type=float,
     default=2.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, 1440, above=True),
     help="Time for the --tune search.",
 )
 @repo_option

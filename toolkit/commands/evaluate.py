@@ -40,12 +40,14 @@ def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_jso
     import dataclasses
     from pathlib import Path
 
+    from toolkit.artifacts import read_info
+    from toolkit.artifacts.contract import check_classifier, first_images
     from toolkit.artifacts.isolated import open_model
     from toolkit.data import load_split
     from toolkit.evaluate import evaluate as run_evaluation
 
-    runner = open_model(model_path, device=device, trust=trust)
-    source = runner.info.source
+    info = read_info(model_path)
+    source = info.source
     if data or dataset:
         own = source.data and data and Path(source.data).resolve() == Path(data).resolve()
         own = own or (dataset is not None and dataset == source.dataset and not data)
@@ -53,7 +55,11 @@ def evaluate(model_path, data, dataset, split, batch_size, device, trust, as_jso
         split = split or ("val" if own or has_val else "all")
         source = dataclasses.replace(source, data=data, dataset=None if data else dataset)
     split = split or "val"
-    dataset_obj, classes = load_split(source, runner.info.preprocessing, split)
+    dataset_obj, classes = load_split(source, info.preprocessing, split)
+    if len(dataset_obj):  # before any accuracy: is it a classifier, on these very images?
+        check_classifier(model_path, info, first_images(dataset_obj, info, model_path), trust)
+    runner = open_model(model_path, device=device, trust=trust)
+    click.get_current_context().call_on_close(runner.close)  # a served model's connections
     report = run_evaluation(runner, dataset_obj, batch_size, data_classes=classes)
     report |= {
         "model": str(model_path),

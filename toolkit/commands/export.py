@@ -48,7 +48,7 @@ def format_flags(command):
     type=float,
     default=1e-4,
     show_default=True,
-    callback=finite(0),
+    callback=finite(0, 1e6),
     help="Parity: absolute tolerance.",
 )
 @click.option(
@@ -56,7 +56,7 @@ def format_flags(command):
     type=float,
     default=1e-3,
     show_default=True,
-    callback=finite(0),
+    callback=finite(0, 1e6),
     help="Parity: relative tolerance.",
 )
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")

@@ -50,17 +50,30 @@ def finite(low: float | None = None, high: float | None = None, *, above: bool =
     return check
 
 
-def positive_ints(ctx, param, value: str | None) -> list[int] | None:
-    """A comma-separated list of positive integers, e.g. 1,8,32."""
-    if value is None:
-        return None
-    try:
-        sizes = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter("expected positive integers, e.g. 1,8,32")
-    return sizes
+def int_list(high: int):
+    """A click callback for a comma-separated list of integers from 1 to `high`, e.g. 1,8,32;
+    None passes (an option not given)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+        if value is None:
+            return None
+        try:
+            sizes = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+        if not sizes or min(sizes) < 1 or max(sizes) > high:
+            raise click.BadParameter(f"expected integers from 1 to {high}, e.g. 1,8,32")
+        return sizes
+
+    return check
+
+
+# Bounds of what makes sense, shared by the options that take such values.
+MAX_BATCH = 65536  # images in one batch
+MAX_CONCURRENCY = 1024  # client threads of a load generator on one machine
+DAY_SECONDS = 86_400.0  # any wait, timeout or measurement: a day is already absurd
+positive_ints = int_list(MAX_BATCH)
+concurrency_levels = int_list(MAX_CONCURRENCY)
 
 
 # Options several commands share, declared once.

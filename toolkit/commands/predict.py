@@ -6,6 +6,7 @@ import click
 
 from toolkit.choices import Device, Protocol
 from toolkit.commands.output import (
+    DAY_SECONDS,
     choice,
     finite,
     json_option,
@@ -49,14 +50,26 @@ from toolkit.commands.output import (
     type=float,
     default=10.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, DAY_SECONDS, above=True),
     help="With --url: seconds each request may take before the server counts as not answering.",
 )
+@click.option("--force", is_flag=True, help="Replace the --grid file if it exists.")
 @trust_option
 @model_timeout_option
 @json_option
 def predict(
-    paths, top_k, device, grid, mistakes_only, urls, served_model, protocol, timeout, trust, as_json
+    paths,
+    top_k,
+    device,
+    grid,
+    mistakes_only,
+    urls,
+    served_model,
+    protocol,
+    timeout,
+    force,
+    trust,
+    as_json,
 ) -> None:
     """Classify images with MODEL: class names and probabilities.
 
@@ -66,7 +79,10 @@ def predict(
     """
     from toolkit.data import find_images
     from toolkit.errors import DlkitError
+    from toolkit.files import output_path
 
+    if grid and output_path(grid, "--grid").exists() and not force:
+        raise DlkitError(f"--grid {grid} exists; pass --force to replace it")
     if urls:
         images = find_images(paths)
         ranked, channels, model_path, classes = _predict_served(
@@ -110,13 +126,20 @@ def predict(
 
 
 def _predict_local(model_path, images, top_k: int, device: str, trust: bool):
+    from toolkit.artifacts import read_info
+    from toolkit.artifacts.contract import CHECK_IMAGES, check_classifier, check_scores
     from toolkit.artifacts.isolated import open_model
     from toolkit.data import preprocess_images
     from toolkit.evaluate import top_k as rank_classes
 
+    info = read_info(model_path)
+    batch = preprocess_images(images, info.preprocessing)
+    # Its answers are what we print: is it a classifier, on these very images?
+    check_classifier(model_path, info, None if info.static_batch else batch[:CHECK_IMAGES], trust)
     runner = open_model(model_path, device=device, trust=trust)
+    logits = runner(batch)
+    check_scores([logits], runner.info, len(images), str(model_path))
     pre = runner.info.preprocessing
-    logits = runner(preprocess_images(images, pre))
     classes = runner.info.classes
     return rank_classes(logits, classes, top_k), pre.channels, classes
 

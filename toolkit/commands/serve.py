@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from toolkit.commands.output import finite, repo_option, repository_trust_option
+from toolkit.commands.output import DAY_SECONDS, finite, repo_option, repository_trust_option
 
 
 @click.command()
@@ -29,7 +29,7 @@ from toolkit.commands.output import finite, repo_option, repository_trust_option
     type=float,
     default=300.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, DAY_SECONDS, above=True),
     help="Seconds to wait for the models to load; those still loading then are named and "
     "the others served.",
 )

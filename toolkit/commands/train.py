@@ -50,7 +50,7 @@ from toolkit.commands.output import choice, finite, json_option, print_json
 @click.option(
     "--warmup-epochs",
     type=float,
-    callback=finite(0),
+    callback=finite(0, 100_000),
     help="Linear warm-up for cosine (default 1).",
 )
 @click.option("--loss", type=choice(Loss), help="Cross entropy (default) or focal loss.")
@@ -76,7 +76,7 @@ from toolkit.commands.output import choice, finite, json_option, print_json
 @click.option(
     "--grad-clip",
     type=float,
-    callback=finite(0, above=True),
+    callback=finite(0, 1e6, above=True),
     help="Clip the gradient norm to this value (positive).",
 )
 @click.option("--amp", type=choice(Autocast), help="Mixed precision: fp16 (CUDA) or bf16.")
@@ -93,7 +93,7 @@ from toolkit.commands.output import choice, finite, json_option, print_json
 @click.option(
     "--min-delta",
     type=float,
-    callback=finite(0),
+    callback=finite(0, 1e6),
     help="Smallest change that counts as an improvement.",
 )
 @click.option(
@@ -119,7 +119,11 @@ from toolkit.commands.output import choice, finite, json_option, print_json
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local state dict.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue a run from its last.pt.")
-@click.option("--seed", type=int, help="Seed for weights, shuffling and augmentation (default 0).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    help="Seed for weights, shuffling and augmentation (default 0).",
+)
 @click.option("--device", type=choice(Device), help="Default auto.")
 @click.option(
     "--workers",

@@ -8,12 +8,13 @@ import click
 
 from toolkit.choices import Device, Objective
 from toolkit.commands.output import (
+    DAY_SECONDS,
     choice,
+    concurrency_levels,
     finite,
     json_option,
     max_accuracy_drop_option,
     model_timeout_option,
-    positive_ints,
     print_json,
     repo_option,
     repository_trust_option,
@@ -32,7 +33,7 @@ from toolkit.commands.output import (
     "--concurrency",
     default="1,4,16",
     show_default=True,
-    callback=positive_ints,
+    callback=concurrency_levels,
     help="Concurrency levels every trial is measured at (requests of one image).",
 )
 @click.option("--objective", type=choice(Objective), default="throughput", show_default=True,
@@ -41,7 +42,7 @@ from toolkit.commands.output import (
 @click.option(
     "--p99-ms",
     type=float,
-    callback=finite(0, above=True),
+    callback=finite(0, DAY_SECONDS * 1000, above=True),
     help="Only configs whose p99 stays within this at every level qualify.",
 )
 @click.option(
@@ -49,7 +50,7 @@ from toolkit.commands.output import (
     type=float,
     default=10.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, 1440, above=True),
     help="Time for the search (the accuracy check and the report come after).",
 )
 @click.option("--device", type=choice(Device, Device.targets()), default="cpu", show_default=True)
@@ -59,7 +60,7 @@ from toolkit.commands.output import (
     type=float,
     default=1.0,
     show_default=True,
-    callback=finite(0, above=True),
+    callback=finite(0, 600, above=True),
     help="Length of one measurement window; a level takes windows until 3 agree (at most 5).",
 )
 @click.option(

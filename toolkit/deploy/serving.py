@@ -1,8 +1,9 @@
 """Deploy's last stages: package the selected variant (and the fp32 ONNX fallback) for
 Triton, then serve the repository on a real tritonserver and check its answers.
 
-`toolkit.triton` needs tritonclient, which a machine may lack (the GPU machine does): it is
-imported inside these functions, after `triton_missing` said it is there.
+tritonclient is a required dependency, but `benchmarks/gpu_check.sh` runs dlkit from the
+source tree on a machine that has none: `toolkit.triton` is imported inside these functions,
+after `triton_missing` said it is there.
 """
 
 from __future__ import annotations
@@ -31,18 +32,26 @@ def triton_missing() -> str:
     return ""
 
 
-def _backend(variant: VariantReport) -> Backend:
+def _backend(variant: VariantReport) -> tuple[Backend, str]:
     """native where the server has the format's own backend (the NGC image has onnxruntime,
-    pytorch and openvino), python for the pip-installed server (its only backend)."""
+    pytorch and openvino), python for the pip-installed server (its only backend); and why.
+    With no tritonserver here, native (what the NGC image serves), said in a warning: nothing
+    here can serve it."""
     from toolkit.triton.server import find_tritonserver
 
     native = plugin(variant.format).triton
     try:
         binary = find_tritonserver()
-    except DlkitError:
-        return Backend.NATIVE
-    served = native is not None and native.server_backend in binary.backends()
-    return Backend.NATIVE if served else Backend.PYTHON
+    except DlkitError as exc:
+        why = (
+            f"no tritonserver here ({exc}); packaged for Triton's native backends, as the "
+            "NGC image serves them"
+        )
+        logger.warning("warning: %s", why)
+        return Backend.NATIVE, why
+    if native is not None and native.server_backend in binary.backends():
+        return Backend.NATIVE, f"{binary.path} has the {native.server_backend} backend"
+    return Backend.PYTHON, f"{binary.path} has no {variant.format} backend: the python one"
 
 
 def _serving(model_dir: Path):
@@ -72,15 +81,16 @@ def package_stage(
     def package_into(target: Path) -> list[dict[str, Any]]:
         written = []
         for variant, name in models:
+            backend, why = (chosen, "--backend") if chosen else _backend(variant)
             options = PackageOptions(
-                backend=chosen or _backend(variant),
+                backend=backend,
                 serving=_serving(target / name),
                 preprocess=config.preprocess and name == config.name,
             )
             result = package_artifact(variant.path, target, name, options=options)
             if target == Path(config.repo):
                 report.repository_changed = True
-            written.append(result.to_dict() | {"variant": variant.name})
+            written.append(result.to_dict() | {"variant": variant.name, "backend_reason": why})
         return written
 
     rehearse(Path(config.repo), package_into)

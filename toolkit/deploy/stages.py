@@ -153,7 +153,8 @@ def smoke_check(local_path: str, endpoint: str, precision: str, samples: int = 6
     val, _ = load_split(local.info.source, local.info.preprocessing, "val")
     images = subset(val, samples)
     expected, _ = predict_dataset(local, images)
-    got, _ = predict_dataset(open_runner(endpoint), images)
+    with open_runner(endpoint) as served:
+        got, _ = predict_dataset(served, images)
     result = {
         "endpoint": endpoint,
         "samples": len(images),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -14,6 +15,12 @@ DEFAULT_IMAGE = "dlkit-triton:latest"  # the Dockerfile's image: the repository 
 DEFAULT_MAX_REPLICAS = 4
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIXES = {"": 1, "m": 1e-3} | {s: 1000.0**i for i, s in enumerate("kMGTPE", 1)}
+_SUFFIXES |= {f"{s}i": 1024.0**i for i, s in enumerate("KMGTPE", 1)}
+MAX_CPUS = 1024  # cores per pod: more than any node has
+MAX_MEMORY = 64 * 1024.0**4  # bytes per pod (64 TiB)
+MAX_GPUS = 64
+MAX_REPLICAS = 10_000
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,7 @@ def resolve(
     """Check `options` and derive the rest; raises DlkitError naming the option to fix.
     `python_models`: the python-backend models among `models`, with what they import."""
     _check_names(options)
-    for option, value in (("--cpu", options.cpu), ("--cpu-limit", options.cpu_limit)):
-        _check_quantity(option, value, "500m or 2")
-    _check_quantity("--memory", options.memory, "512Mi or 4Gi")
-    if options.gpus < 0:
-        raise DlkitError(f"--gpus must be 0 or more (got {options.gpus})")
-    if options.target_queue_ms <= 0 or options.target_cpu <= 0:
-        raise DlkitError("--target-queue-ms and --target-cpu must be more than 0")
+    _check_sizes(options)
     store = parse_store(options.store)
     if options.kserve:
         storage_uri(store)  # refuses a store KServe cannot fetch
@@ -120,8 +121,8 @@ def resolve_replicas(options: K8sOptions) -> Replicas:
         "--max-replicas": options.max_replicas,
     }
     for option, value in given.items():
-        if value is not None and value < 1:
-            raise DlkitError(f"{option} must be at least 1 (got {value})")
+        if value is not None and not 1 <= value <= MAX_REPLICAS:
+            raise DlkitError(f"{option} must be from 1 to {MAX_REPLICAS} (got {value})")
     low, high, start = options.min_replicas, options.max_replicas, options.replicas
     if low is not None and high is not None and low > high:
         raise DlkitError(f"--min-replicas {low} is more than --max-replicas {high}")
@@ -152,6 +153,29 @@ def _check_names(options: K8sOptions) -> None:
         )
 
 
-def _check_quantity(option: str, value: str, example: str) -> None:
-    if not _QUANTITY.match(value):
+def _check_sizes(options: K8sOptions) -> None:
+    """Every size within what a node can give and an autoscaler can use."""
+    cpus = (0.001, MAX_CPUS, f"from 1m to {MAX_CPUS} cores")  # Kubernetes counts in 1m
+    cpu = _quantity("--cpu", options.cpu, "500m or 2", *cpus)
+    cpu_limit = _quantity("--cpu-limit", options.cpu_limit, "500m or 2", *cpus)
+    if cpu_limit < cpu:
+        raise DlkitError(f"--cpu-limit {options.cpu_limit} is less than --cpu {options.cpu}")
+    _quantity("--memory", options.memory, "512Mi or 4Gi", 1024.0**2, MAX_MEMORY, "from 1Mi to 64Ti")
+    if not 0 <= options.gpus <= MAX_GPUS:
+        raise DlkitError(f"--gpus must be from 0 to {MAX_GPUS} (got {options.gpus})")
+    if not (math.isfinite(options.target_queue_ms) and 0 < options.target_queue_ms <= 60_000):
+        got = options.target_queue_ms
+        raise DlkitError(f"--target-queue-ms must be more than 0 and at most 60000 (got {got})")
+    if not 0 < options.target_cpu <= 1000:
+        raise DlkitError(f"--target-cpu must be from 1 to 1000 % (got {options.target_cpu})")
+
+
+def _quantity(option: str, value: str, example: str, low: float, high: float, shown: str) -> float:
+    """The value of a Kubernetes quantity (cores or bytes), from `low` to `high`."""
+    found = _QUANTITY.match(value)
+    if not found:
         raise DlkitError(f"{option} {value!r} is not a Kubernetes quantity (e.g. {example})")
+    amount = float(found.group(1)) * _SUFFIXES[found.group(3) or ""]
+    if not low <= amount <= high:
+        raise DlkitError(f"{option} {value} must be {shown}")
+    return amount

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from toolkit.errors import DlkitError
-from toolkit.files import atomic_path
+from toolkit.files import atomic_path, output_path
 from toolkit.k8s import metrics
 from toolkit.k8s.manifests import build_manifests, kustomization
 from toolkit.k8s.options import K8sOptions, plain_triton_warning, resolve
@@ -56,7 +56,13 @@ def write_k8s(
     Raises DlkitError for bad options, an unusable repository, or an `out` that exists and is
     not empty (unless `force`, which replaces it whole).
     """
-    out = Path(out)
+    out = output_path(out, "--out")
+    folder = Path(os.path.abspath(out))  # `.` and `..` get a name
+    if folder == Path.cwd() or folder in Path.cwd().parents:
+        raise DlkitError(
+            f"--out {out} holds the folder you are working in, which would be replaced; "
+            "write the manifests to a folder of their own (say --out k8s)"
+        )
     if out.exists() and not out.is_dir():
         raise DlkitError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -68,7 +74,7 @@ def write_k8s(
     if not options.kserve:
         texts[ADAPTER_VALUES] = to_yaml(metrics.adapter_values())
     texts["README.md"] = readme(spec, str(repo), str(out), sorted([*texts, "README.md"]))
-    replace_folder(out, texts)
+    replace_folder(folder, texts)
     return K8sResult(
         out=str(out),
         files=sorted(texts),

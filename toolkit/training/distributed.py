@@ -15,12 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import DlkitError
+from toolkit.files import private_folder
 
 # How the launcher tells its workers which node they are on (torchrun's GROUP_RANK is the
 # rendezvous' numbering, not the user's).
@@ -107,9 +107,9 @@ def launch(
     (chosen in each worker)."""
     nodes = nodes or Nodes()
     nodes.check()
-    with tempfile.TemporaryDirectory(prefix="dlkit-ddp-") as tmp:
+    with private_folder("dlkit-ddp-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"config": config, "resume": resume, "dir": tmp}))
+        job.write_text(json.dumps({"config": config, "resume": resume, "dir": str(tmp)}))
         cmd = [
             sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(nproc),
             "-m", "toolkit.training.worker", str(job),

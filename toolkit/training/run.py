@@ -18,7 +18,9 @@ from toolkit.cpu import cpu_info, native_bf16
 from toolkit.data import Splits, build_transform, dataset_labels, is_grayscale_folder, load_splits
 from toolkit.devices import resolve_device, usable_cores
 from toolkit.errors import DlkitError
+from toolkit.files import remove_leftovers
 from toolkit.log import logger
+from toolkit.processes import sigterm_interrupts
 from toolkit.training.batchnorm import needs_recompute, statistics_images
 from toolkit.training.config import TrainConfig
 from toolkit.training.distributed import DistEnv, join_group, leave_group
@@ -82,8 +84,8 @@ def seed_everything(seed: int) -> None:
 def default_threads(local_processes: int = 1) -> int:
     """Intra-op threads per process unless told: half the usable cores, shared among this
     machine's processes, at least one. torch's default (every core) fights whatever else runs:
-    on the shared 2-core machine one thread trained 2.4-4.6x faster than two
-    (benchmarks/results/train_threads.md)."""
+    on the shared 2-core machine two threads trained 1.42x faster than one when nothing else
+    ran, but 2.7x slower beside one busy process (benchmarks/results/train_threads.md)."""
     return max(1, usable_cores() // (2 * local_processes))
 
 
@@ -106,12 +108,15 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainSummary:
     run_dir = _run_dir(config, resume)
     if env.local_rank == 0:
         _warn_about_amp(config.amp, device)
+    if env.local_rank == 0 and run_dir.is_dir():
+        remove_leftovers(run_dir)  # checkpoints half-written by a run that was killed
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or default_threads(env.local_world_size))
     try:
-        if env.world_size > 1:
-            env, run_dir = join_group(env, device, run_dir)
-        return _train(config, ckpt, device, run_dir, env)
+        with sigterm_interrupts():  # SIGTERM stops as Ctrl-C does: last.pt kept, no temp file
+            if env.world_size > 1:
+                env, run_dir = join_group(env, device, run_dir)
+            return _train(config, ckpt, device, run_dir, env)
     except torch.OutOfMemoryError as exc:
         raise DlkitError(
             f"CUDA ran out of memory at batch size {config.batch_size}; lower --batch-size "

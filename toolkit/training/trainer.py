@@ -27,6 +27,7 @@ from toolkit.errors import DlkitError
 from toolkit.files import write_json
 from toolkit.log import logger
 from toolkit.plots import plot_history
+from toolkit.processes import interrupts_held
 from toolkit.training.batchnorm import recompute_batch_norm
 from toolkit.training.loaders import derived_seed
 from toolkit.training.optim import Schedule
@@ -380,7 +381,8 @@ class Trainer:
         before = None if self._saved else {n for n in names if (self.run_dir / n).exists()}
         created = not self.run_dir.exists()
         try:
-            self._write_run_files(improved)
+            with interrupts_held():  # an epoch's files are all written, or none: Ctrl-C waits
+                self._write_run_files(improved)
         except (OSError, RuntimeError, DlkitError) as exc:
             reason = self._failure_reason(exc)
             last = self.run_dir / "last.pt"

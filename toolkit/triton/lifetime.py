@@ -23,26 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.log import logger
+from toolkit.processes import alive, can_tell, start_time
 
 WORKDIR_PREFIX = "dlkit-triton-"
 OWNER_FILE = "owner.json"
 _PR_SET_PDEATHSIG = 1
-
-
-def start_time(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc), or None if there is no
-    such process, or only its zombie. With the pid, it names one process: pids are reused,
-    start times are not."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in "ZX" else fields[19]  # state (field 3) and start (field 22)
-
-
-def alive(pid: int | None, started: str | None) -> bool:
-    """Is the process that `pid` and `started` (from `start_time`) named still running?"""
-    return bool(pid) and started is not None and start_time(pid) == started
 
 
 def die_with_parent() -> None:
@@ -105,7 +90,7 @@ def reap_orphans(root: str | os.PathLike | None = None, timeout: float = 15.0) -
     remove their private folders; returns the folders removed. Folders of live dlkit
     processes, of other users, or without an owner record are left alone."""
     removed: list[str] = []
-    if not Path("/proc/self/stat").is_file():  # no way to tell a live owner from a dead one
+    if not can_tell():  # no way to tell a live owner from a dead one
         return removed
     for workdir in Path(root or tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
         try:

@@ -31,10 +31,11 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.artifacts import detect_format, plugin, read_info
+from toolkit.artifacts.contract import check_classifier
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.choices import Backend
 from toolkit.errors import DlkitError
-from toolkit.files import atomic_path, process_running, write_text
+from toolkit.files import atomic_path, remove_leftovers, write_text
 from toolkit.triton.configs import (
     CONFIG_FILE,
     DEFAULT_MAX_BATCH_SIZE,
@@ -49,6 +50,7 @@ from toolkit.triton.configs import (
     serving_options,
     write_config,
 )
+from toolkit.triton.rollback import all_or_nothing, check_inside, removed_if_left_empty
 from toolkit.triton.version_files import BACKEND_SOURCES, version_files
 from toolkit.triton.versions import existing_versions, recorded_config, served_versions
 
@@ -289,14 +291,8 @@ def repository_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]
 def _remove_leftovers(repo: Path) -> None:
     """Remove the temporary folders and files (`.NAME.tmp-PID`, from `atomic_path`) that a
     writer killed mid-write left in the repository; only those of processes that are gone."""
-    folders = [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]
-    for leftover in (p for folder in folders for p in folder.glob(".*.tmp-*")):
-        pid = leftover.name.rpartition(".tmp-")[2]
-        if pid.isdecimal() and not process_running(int(pid)):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    for folder in [repo, *(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        remove_leftovers(folder)
 
 
 def package_artifact(
@@ -328,12 +324,15 @@ def package_artifact(
     backend, inherited = chosen_backend(options.backend, repo / name)
     tensors = fmt.io_tensors(path, info, native=backend == Backend.NATIVE)
     fmt.check_before_serving(path, info, options.trust)
+    check_classifier(path, info, trust=options.trust)  # what Triton will serve, run once
     max_batch_size = _max_batch_size(path, tensors, info, options)
     if version is not None and not 1 <= version <= MAX_VERSION:
         raise DlkitError(f"--version must be a whole number from 1 to {MAX_VERSION}")
     config = classifier_config(name, fmt, info, tensors, backend, options.serving, max_batch_size)
     files = version_files(fmt, path, backend)
-    with repository_lock(repo):
+    models = [name, *(f"{name}{s}" for s in (PREPROCESS_SUFFIX, ENSEMBLE_SUFFIX))]
+    check_inside(repo, models)
+    with removed_if_left_empty(repo), repository_lock(repo), all_or_nothing(repo, models):
         if version is None:
             version = max(existing_versions(repo / name), default=0) + 1
             if version > MAX_VERSION:

@@ -36,15 +36,23 @@ class TritonRunner(Runner):
         if not self.model_name:
             raise DlkitError(f"no model in {url!r}; use {endpoints[0].url}/MODEL_NAME")
         self.client = TritonClient([e.url for e in endpoints], **options)
-        self.info = self.client.info(self.model_name)
-        if self.client.model(self.model_name).takes_images:
-            raise DlkitError(
-                f"{self.model_name} takes encoded image files; open its classifier (the model "
-                "without the _ensemble suffix) as a runner"
-            )
+        try:
+            self.info = self.client.info(self.model_name)
+            if self.client.model(self.model_name).takes_images:
+                raise DlkitError(
+                    f"{self.model_name} takes encoded image files; open its classifier (the "
+                    "model without the _ensemble suffix) as a runner"
+                )
+        except BaseException:
+            self.client.close()
+            raise
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.client.infer(self.model_name, batch)
+
+    def close(self) -> None:
+        """Close the client's connections (and shared-memory regions)."""
+        self.client.close()
 
 
 class ServedPlugin(FormatPlugin):

@@ -9,12 +9,8 @@ point stops the server and leaves the repository as it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +19,9 @@ from toolkit.bench.load import LoadWindows, synthetic_batch
 from toolkit.choices import Device, Objective
 from toolkit.devices import cuda_available
 from toolkit.errors import DlkitError
+from toolkit.files import private_folder
 from toolkit.log import logger
+from toolkit.processes import sigterm_interrupts
 from toolkit.triton.audit import check_repository
 from toolkit.triton.client import TritonClient
 from toolkit.triton.configs import serving_options
@@ -108,7 +106,7 @@ def tune(config: TuneConfig) -> TuneReport:
     candidates, name = _candidates(config)
     binary = find_tritonserver()
     writing = False
-    with tempfile.TemporaryDirectory(prefix="dlkit-tune-") as tmp, _sigterm_interrupts():
+    with private_folder("dlkit-tune-") as tmp, sigterm_interrupts():
         try:
             scratch = Path(tmp) / "repo"
             inputs.stage(candidates, scratch, binary, config.repo)
@@ -287,21 +285,3 @@ def _write(config: TuneConfig, tuning: Tuning, report: TuneReport, name: str) ->
         logger.info("%s is left as it is: nothing written", name)
         return None
     return publish(candidate, serving, config.repo, name)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread, so it cleans up as Ctrl-C does."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit.artifacts.runner import first_line
 from toolkit.bench.load import LoadWindows, measure_interleaved_levels, synthetic_batch
 from toolkit.errors import DlkitError
-from toolkit.files import link_tree
+from toolkit.files import link_tree, private_folder
 from toolkit.log import logger
 from toolkit.triton.client import TritonClient
 from toolkit.triton.configs import CONFIG_FILE, apply_serving, config_json, write_config
@@ -239,7 +238,7 @@ def compare_configs(
     paths = artifacts if isinstance(artifacts, list) else [artifacts]
     candidates = inputs.from_artifacts(paths)
     binary = find_tritonserver()
-    with tempfile.TemporaryDirectory(prefix="dlkit-compare-") as tmp:
+    with private_folder("dlkit-compare-") as tmp:
         inputs.stage(candidates, Path(tmp) / "repo", binary)
         server = TuningServer(Path(tmp) / "repo", {c.variant: c for c in candidates}, binary)
         server.start(configs[0])

@@ -31,11 +31,8 @@ def verify_endpoint(
     it loses more than the budget or disagrees with the artifact run locally."""
     info = candidate.info
     val, _ = load_split(info.source, info.preprocessing, "val")
-    served = open_runner(f"grpc://{url}/{model}", shared_memory=shared_memory)
-    try:
+    with open_runner(f"grpc://{url}/{model}", shared_memory=shared_memory) as served:
         logits, labels = predict_dataset(served, val)
-    finally:
-        served.client.close()
     local, _ = predict_dataset(open_model(candidate.artifact), val)  # a file from outside
     baseline, baseline_name = _baseline_logits(candidate, val, local)
     comparison = compare_with_baseline(logits, baseline, labels, max_accuracy_drop)

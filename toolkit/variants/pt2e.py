@@ -1,5 +1,6 @@
 """PyTorch-native int8: torchao's PT2E flow with the x86 inductor quantizer, under
-`torch.compile`, and dynamic int8 for Linear layers. torchao is optional: without it these
+`torch.compile`, and dynamic int8 for Linear layers. torchao is a required dependency, but
+`benchmarks/gpu_check.sh` runs dlkit from the source tree where it may be missing: then these
 raise DlkitError (a benchmark variant is then skipped with that reason).
 """
 

@@ -23,6 +23,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.artifacts import detect_format, open_runner, read_info
+from toolkit.artifacts.contract import check_classifier, first_images
 from toolkit.artifacts.isolated import open_model, run_isolated
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.artifacts.onnx import write_info
@@ -234,6 +235,9 @@ def quantize_artifact(
     val, _ = load_split(info.source, info.preprocessing, "val")
     if len(val) == 0:
         raise DlkitError(f"no validation images in {info.source.describe()} to measure accuracy")
+    check_classifier(
+        source, info, first_images(val, info, source)
+    )  # before any accuracy is reported
     calibration, extra = None, {}
     if mode == QuantizeMode.STATIC:
         calibration = calibration_samples(info, calib_samples, calib_data, dataset)

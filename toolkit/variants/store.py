@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit import __version__
+from toolkit import __version__, processes
 from toolkit.cpu import cpu_features
 from toolkit.errors import DlkitError
-from toolkit.files import process_running, sha256_file, write_json
+from toolkit.files import sha256_file, write_json
 
 STORE_ENV = "DLKIT_STORE"
 RECORD_FILE = "record.json"
@@ -149,5 +149,5 @@ class ArtifactStore:
         """Temporary folders of runs that were killed mid-write."""
         for leftover in self.root.glob(".tmp-*"):
             pid = leftover.name.split("-")[1]
-            if pid.isdecimal() and not process_running(int(pid)):
+            if pid.isdecimal() and not processes.running(int(pid)):
                 shutil.rmtree(leftover, ignore_errors=True)

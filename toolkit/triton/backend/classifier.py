@@ -40,6 +40,13 @@ class TritonPythonModel:
         arrays = [
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
+        # NaN or ±inf in a request: refused with Triton's error, that request only (one sum
+        # each: NaN and infinities survive it, and float64 cannot overflow on float32 input).
+        finite = [bool(np.isfinite(a.sum(dtype=np.float64))) for a in arrays]
+        if not all(finite):
+            kept = [r for r, ok in zip(requests, finite, strict=True) if ok]
+            answers = iter(self.execute(kept) if kept else [])
+            return [next(answers) if ok else _refused() for ok in finite]
         if len(arrays) == 1:
             outputs = [self.run(np.asarray(arrays[0], dtype=self.input_dtype))]
         else:
@@ -61,3 +68,13 @@ def _load_module(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _refused():
+    message = (
+        "the input holds NaN or infinite values; send finite numbers (images through the "
+        "model's preprocessing)"
+    )
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # older stubs have no codes
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(error=error)
