@@ -255,7 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet18,digits")
     parser.add_argument("--min-time", type=float, default=0.5)
-    parser.add_argument("--max-time", type=float, default=20.0)
+    parser.add_argument("--max-time", type=float, default=240.0)  # all variants together
     parser.add_argument("--digits-epochs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

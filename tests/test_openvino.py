@@ -156,3 +156,16 @@ def test_packaged_for_the_python_backend_with_its_runner(ir, tmp_path):
     )
     batch = np.zeros((2, *read_info(ir).preprocessing.input_shape), dtype=np.float32)
     np.testing.assert_allclose(run(batch), open_runner(ir)(batch), atol=1e-5)
+
+
+def test_a_repository_dlkit_wrote_for_openvino_passes_the_serving_audit(ir, tmp_path):
+    from toolkit.triton.audit import check_repository
+    from toolkit.triton.repository import PackageOptions, package_artifact
+
+    repo = tmp_path / "repo"
+    package_artifact(ir, repo, "ov", options=PackageOptions(backend="python"))
+    package_artifact(ir, repo, "native")
+    check_repository(repo, ["ov", "native"])  # nothing dlkit did not write
+    (repo / "ov" / "1" / "runner.py").write_text("import os\n")
+    with pytest.raises(DlkitError, match=r"runner\.py is not the runner dlkit writes"):
+        check_repository(repo, ["ov"])
