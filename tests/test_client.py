@@ -101,6 +101,15 @@ def test_shared_memory(served, tiny_exports, protocol):
             np.testing.assert_allclose(
                 client.infer("tiny", batch[:rows]), expected[:rows], atol=1e-5
             )
+        mine = {name for _, _, name in client.shm._regions}
+        assert len(mine) == 2
+    import tritonclient.grpc as grpcclient
+
+    raw = grpcclient.InferenceServerClient(served.grpc)  # closing unregistered them
+    try:
+        assert not set(raw.get_system_shared_memory_status(as_json=True).get("regions", {})) & mine
+    finally:
+        raw.close()
     with pytest.raises(DlkitError, match="one server on this machine"):
         TritonClient("grpc://192.0.2.1:8001", shared_memory=True)
 
@@ -113,10 +122,16 @@ def test_a_served_runner_closes_its_client(served):
 
     raw = grpcclient.InferenceServerClient(served.grpc)
     try:
+
+        def registered() -> set[str]:
+            return set(raw.get_system_shared_memory_status(as_json=True).get("regions", {}))
+
+        before = registered()  # the session's server: regions of others are not this runner's
         with open_runner(f"grpc://{served.grpc}/tiny", shared_memory=True) as runner:
             runner(np.zeros((2, 1, 16, 16), np.float32))
-            assert raw.get_system_shared_memory_status(as_json=True).get("regions")
-        assert not raw.get_system_shared_memory_status(as_json=True).get("regions")
+            mine = registered() - before
+            assert len(mine) == 2  # its input and output regions
+        assert not registered() & mine
         runner.close()  # twice is harmless
     finally:
         raw.close()

@@ -27,7 +27,7 @@ from toolkit.artifacts.checkpoint import EagerRunner, check_outputs, load_model
 from toolkit.artifacts.format_plugin import FileVariant
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.choices import Format, Precision
-from toolkit.errors import DlkitError
+from toolkit.errors import DlkitError, os_error_message
 from toolkit.files import sha256_file
 from toolkit.variants.parity import (
     FP32_ATOL,
@@ -209,6 +209,8 @@ def _export_one(variant: FileVariant, target: Path, made, info, context, check) 
                 os.replace(source, destination)
             details["size_bytes"] = sum(p.stat().st_size for p in fmt.files(target))
         return ExportResult(variant.format, str(target), report, report.passed, details)
+    except OSError as exc:  # a full disk while making or moving it: named as the target
+        raise DlkitError(os_error_message(exc, writing=target)) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
