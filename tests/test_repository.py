@@ -348,6 +348,17 @@ def test_what_a_killed_writer_left_behind_is_removed(exports, tmp_path):
     assert live.exists()
 
 
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_not_made(exports, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    target = tmp_path / "elsewhere" / "planted"
+    target.parent.mkdir()
+    (repo / ".dlkit-lock").symlink_to(target)
+    with pytest.raises(DlkitError, match=r"\.dlkit-lock is a symbolic link; remove it"):
+        package_artifact(exports["onnx"], repo, "m")
+    assert not target.exists() and sorted(p.name for p in repo.iterdir()) == [".dlkit-lock"]
+
+
 @pytest.mark.slow
 def test_concurrent_package_runs_each_get_a_version(exports, tmp_path):
     repo = tmp_path / "repo"

@@ -17,6 +17,7 @@ Layout for an artifact packaged as NAME (with `--preprocess`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -268,8 +269,14 @@ def repository_lock(repo: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]
     the lock of a process that dies."""
     try:
         repo.mkdir(parents=True, exist_ok=True)
-        handle = open(repo / LOCK_FILE, "a")  # noqa: SIM115 (closed below, after the wait)
+        # Not through a symbolic link: a planted one would have dlkit create its target.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        handle = os.fdopen(os.open(repo / LOCK_FILE, flags, 0o644), "a")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DlkitError(
+                f"{repo / LOCK_FILE} is a symbolic link; remove it (dlkit writes its lock there)"
+            ) from None
         raise DlkitError(f"cannot write to the model repository {repo}: {exc.strerror}") from exc
     with handle:
         deadline = time.monotonic() + timeout
