@@ -8,6 +8,7 @@ other."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -257,6 +258,16 @@ def digits_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exports(digits_checkpoint, tmp_path_factory) -> dict[str, str]:
+    """The untrained digits checkpoint exported to ONNX and TorchScript (no training), for
+    tests that read them (package them, copy them) and never change them."""
+    from toolkit.variants.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("exports")
+    return {r.format: r.path for r in export_checkpoint(digits_checkpoint, out)}
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> dict:
     """A 4-epoch simplenet run on the embedded digits (its summary JSON)."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
@@ -420,3 +431,25 @@ def small_disk(tmp_path):
     for where in mounts:
         # Lazily: torch.save keeps the failed file open (deleted) until the process exits.
         subprocess.run(["umount", "--lazy", where], check=True)
+
+
+@pytest.fixture
+def interrupt_after_epoch(monkeypatch):
+    """`with interrupt_after_epoch(N):` training inside is interrupted (as by Ctrl-C) right
+    after it saves epoch N's checkpoints; outside it, training runs as usual."""
+    from toolkit.training import trainer as trainer_module
+
+    save = trainer_module.Trainer._save
+
+    @contextlib.contextmanager
+    def interrupting(epoch: int):
+        def save_then_interrupt(self, improved):
+            save(self, improved)
+            if self.epoch == epoch:
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(trainer_module.Trainer, "_save", save_then_interrupt)
+            yield
+
+    return interrupting

@@ -83,24 +83,15 @@ def test_validation_on_a_small_set_describes_the_saved_model(tmp_path, make_shap
 
 
 @pytest.mark.slow
-def test_recomputed_statistics_keep_resume_and_seeds_exact(tmp_path, make_shapes, monkeypatch):
+def test_recomputed_statistics_keep_resume_and_seeds_exact(
+    tmp_path, make_shapes, interrupt_after_epoch
+):
     folder = make_shapes(tmp_path / "shapes", per_class=40)
     straight = train(small_run(folder, tmp_path / "straight", epochs=4))
     again = train(small_run(folder, tmp_path / "again", epochs=4))
 
-    from toolkit.training import trainer as trainer_module
-
-    save = trainer_module.Trainer._save
-
-    def save_then_interrupt(self, improved):
-        save(self, improved)
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module.Trainer, "_save", save_then_interrupt)
-    with pytest.raises(DlkitError, match="interrupted"):
+    with interrupt_after_epoch(2), pytest.raises(DlkitError, match="interrupted"):
         train(small_run(folder, tmp_path / "resumed", epochs=4))
-    monkeypatch.undo()
     resumed = train(
         small_run(folder, tmp_path / "resumed", epochs=4),
         resume=str(tmp_path / "resumed" / "last.pt"),

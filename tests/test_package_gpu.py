@@ -21,15 +21,6 @@ from toolkit.triton.configs import (
 )
 
 
-@pytest.fixture(scope="module")
-def exports(digits_checkpoint, tmp_path_factory) -> dict[str, str]:
-    """The untrained digits checkpoint exported to ONNX and TorchScript (no training)."""
-    from toolkit.variants.export import export_checkpoint
-
-    out = tmp_path_factory.mktemp("exports")
-    return {r.format: r.path for r in export_checkpoint(digits_checkpoint, out)}
-
-
 def _parse(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 

@@ -88,24 +88,13 @@ def test_same_seed_same_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_exactly(tmp_path, interrupt_after_epoch):
     """4 epochs straight == 2 epochs, Ctrl-C, then --resume (cosine schedule, augmentation,
     dropout and shuffling all continue from the saved state)."""
     straight = train(TrainConfig(**SMALL, epochs=4, out=str(tmp_path / "straight")))
 
-    from toolkit.training import trainer as trainer_module
-
-    save = trainer_module.Trainer._save
-
-    def save_then_interrupt(self, improved):
-        save(self, improved)
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module.Trainer, "_save", save_then_interrupt)
-    with pytest.raises(DlkitError, match=r"interrupted.*--resume"):
+    with interrupt_after_epoch(2), pytest.raises(DlkitError, match=r"interrupted.*--resume"):
         train(TrainConfig(**SMALL, epochs=4, out=str(tmp_path / "resumed")))
-    monkeypatch.undo()
     assert load_checkpoint(tmp_path / "resumed" / "last.pt").state["epoch"] == 2
 
     resumed = train(
