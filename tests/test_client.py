@@ -102,14 +102,8 @@ def test_shared_memory(served, tiny_exports, protocol):
                 client.infer("tiny", batch[:rows]), expected[:rows], atol=1e-5
             )
         mine = {name for _, _, name in client.shm._regions}
-        assert len(mine) == 2
-    import tritonclient.grpc as grpcclient
-
-    raw = grpcclient.InferenceServerClient(served.grpc)  # closing unregistered them
-    try:
-        assert not set(raw.get_system_shared_memory_status(as_json=True).get("regions", {})) & mine
-    finally:
-        raw.close()
+        assert len(mine) == 2 and mine <= registered_regions(served.grpc)
+    assert not registered_regions(served.grpc) & mine  # closing unregistered them
     with pytest.raises(DlkitError, match="one server on this machine"):
         TritonClient("grpc://192.0.2.1:8001", shared_memory=True)
 
@@ -118,21 +112,22 @@ def test_shared_memory(served, tiny_exports, protocol):
 def test_a_served_runner_closes_its_client(served):
     """What a TritonRunner opened (here its shared-memory regions on the server) is released
     when it is closed, as `with open_runner(url)` does."""
+    before = registered_regions(served.grpc)  # the session's server may hold others' regions
+    with open_runner(f"grpc://{served.grpc}/tiny", shared_memory=True) as runner:
+        runner(np.zeros((2, 1, 16, 16), np.float32))
+        mine = registered_regions(served.grpc) - before
+        assert len(mine) == 2  # its input and output regions
+    assert not registered_regions(served.grpc) & mine
+    runner.close()  # twice is harmless
+
+
+def registered_regions(address: str) -> set[str]:
+    """The system shared-memory regions registered with the server at `address` (gRPC)."""
     import tritonclient.grpc as grpcclient
 
-    raw = grpcclient.InferenceServerClient(served.grpc)
+    raw = grpcclient.InferenceServerClient(address)
     try:
-
-        def registered() -> set[str]:
-            return set(raw.get_system_shared_memory_status(as_json=True).get("regions", {}))
-
-        before = registered()  # the session's server: regions of others are not this runner's
-        with open_runner(f"grpc://{served.grpc}/tiny", shared_memory=True) as runner:
-            runner(np.zeros((2, 1, 16, 16), np.float32))
-            mine = registered() - before
-            assert len(mine) == 2  # its input and output regions
-        assert not registered() & mine
-        runner.close()  # twice is harmless
+        return set(raw.get_system_shared_memory_status(as_json=True).get("regions", {}))
     finally:
         raw.close()
 
