@@ -17,6 +17,17 @@ from toolkit import processes
 from toolkit.errors import DlkitError, os_error_message
 
 
+def writable_folder(folder: str | os.PathLike) -> None:
+    """Create `folder` (and its parents) if needed; a DlkitError if that fails or it cannot
+    be written to."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DlkitError(f"cannot create folder {folder}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise DlkitError(f"folder {folder} is not writable; choose another output path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`.
@@ -25,12 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     OSError (a full disk, say) becomes a DlkitError naming `path`.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DlkitError(f"cannot create folder {path.parent}: {exc.strerror}") from exc
-    if not os.access(path.parent, os.W_OK):
-        raise DlkitError(f"folder {path.parent} is not writable; choose another output path")
+    writable_folder(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

@@ -28,7 +28,7 @@ from toolkit.artifacts.format_plugin import FileVariant
 from toolkit.artifacts.metadata import ArtifactInfo
 from toolkit.choices import Format, Precision
 from toolkit.errors import DlkitError, os_error_message
-from toolkit.files import sha256_file
+from toolkit.files import sha256_file, writable_folder
 from toolkit.variants.parity import (
     FP32_ATOL,
     FP32_RTOL,
@@ -191,12 +191,7 @@ def _export_one(variant: FileVariant, target: Path, made, info, context, check) 
     fmt = plugin(variant.format)
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     try:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DlkitError(f"cannot create folder {target.parent}: {exc.strerror}") from exc
-        if not os.access(target.parent, os.W_OK):
-            raise DlkitError(f"folder {target.parent} is not writable; choose another output path")
+        writable_folder(target.parent)
         staging.mkdir()
         staged, details = _make(variant, made, info, context, staging)
         candidate = open_runner(staged, trust=True)  # made just now from this model
