@@ -219,6 +219,7 @@ def test_deploy_goes_through_on_a_small_set_with_training_and_packaging_options(
     assert (trained["channels"], trained["lr"], trained["batch_size"]) == (1, 0.01, 16)
     static = next(v for v in report["variants"] if v["name"] == "onnx-int8-static")
     assert "calibrated on all 64 training images" in static["note"]
+    assert static["note"].count("calibrated on") == 1
     assert "calibrating on all 64 images" in result.stderr
     assert static["samples"] == 16 and report["selected"]["samples"] == 16
     assert 'backend: "python"' in (repo / "classifier" / "config.pbtxt").read_text()

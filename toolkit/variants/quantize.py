@@ -126,14 +126,18 @@ def calibration_samples(
     return samples[:wanted]
 
 
-def calibration_note(samples: int, count: int | None) -> str:
-    """What the report says of a calibration on fewer images than the default ("" if not)."""
+def calibration_shortfall(samples: int, count: int | None) -> str:
+    """What a calibration on fewer images than the default was calibrated on, in words ("" if
+    it was not short: the default count, or a count asked for)."""
     if count is not None or samples >= DEFAULT_CALIBRATION_SAMPLES:
         return ""
-    return (
-        f"calibrated on all {samples} training images there are (the default is "
-        f"{DEFAULT_CALIBRATION_SAMPLES})"
-    )
+    return f"all {samples} training images there are (the default is {DEFAULT_CALIBRATION_SAMPLES})"
+
+
+def calibration_note(samples: int, count: int | None) -> str:
+    """What the report says of a calibration on fewer images than the default ("" if not)."""
+    shortfall = calibration_shortfall(samples, count)
+    return f"calibrated on {shortfall}" if shortfall else ""
 
 
 def _calibration_array(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:

@@ -27,8 +27,8 @@ from toolkit.log import logger
 from toolkit.variants.parity import PARITY_BATCH_SIZES, parity_batches
 from toolkit.variants.quantize import (
     DEFAULT_CALIBRATION_SAMPLES,
-    calibration_note,
     calibration_samples,
+    calibration_shortfall,
 )
 from toolkit.variants.store import ArtifactStore
 
@@ -112,8 +112,8 @@ class Source:
             count = self.calibration_count
             try:
                 samples = calibration_samples(self.info, count)
-                note = calibration_note(len(samples), count)
-                self.calibrated_on = note or f"{len(samples)} training images"
+                shortfall = calibration_shortfall(len(samples), count)
+                self.calibrated_on = shortfall or f"{len(samples)} training images"
             except DlkitError as exc:
                 if count is not None:
                     raise
